@@ -1,0 +1,148 @@
+"""
+Things every stage needs: where files live, which device to use, distributed set-up,
+rank-0 printing, logging, seeding, and a stand-in for wandb.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger("nanochat")
+
+
+def get_base_dir() -> str:
+    """The folder holding tokenizer, data and checkpoints: $NANOCHAT_BASE_DIR or ~/.cache/nanochat."""
+    base_dir = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    os.makedirs(base_dir, exist_ok=True)
+    return base_dir
+
+
+class _ColoredFormatter(logging.Formatter):
+    COLORS = {"DEBUG": "\033[36m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[35m"}
+    RESET = "\033[0m"
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if not sys.stderr.isatty():
+            return message
+        color = self.COLORS.get(record.levelname, "")
+        return message.replace(record.levelname, f"{color}{record.levelname}{self.RESET}", 1)
+
+
+def setup_default_logging(level: int = logging.INFO) -> None:
+    """One stderr handler on the 'nanochat' logger; calling twice does not add a second."""
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ColoredFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def get_dist_info() -> tuple[bool, int, int, int]:
+    """(ddp, rank, local_rank, world_size) from torchrun's environment variables."""
+    if all(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        return True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    return False, 0, 0, 1
+
+
+def is_ddp() -> bool:
+    return get_dist_info()[0]
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print() on rank 0 only, so a torchrun job does not print everything N times."""
+    if get_dist_info()[1] == 0:
+        print(*args, **kwargs)
+
+
+def autodetect_device_type() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, torch (CPU and every CUDA device) and numpy if it is there."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+
+
+def compute_init(device_type: str = "cuda", seed: int = 42) -> tuple[bool, int, int, int, torch.device]:
+    """
+    Set up this process for training or inference: seeds, matmul precision, and, when run
+    under torchrun, the process group (NCCL on CUDA, gloo on CPU). Returns
+    (ddp, rank, local_rank, world_size, device).
+    """
+    if device_type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device_type must be cuda, mps or cpu, not {device_type!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device_type=cuda was asked for but torch sees no CUDA device; use --device_type=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device_type=mps was asked for but MPS is not available; use --device_type=cpu")
+
+    seed_everything(seed)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+    ddp, rank, local_rank, world_size = get_dist_info()
+    if ddp and device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+        dist.barrier()
+    elif ddp:
+        device = torch.device(device_type)
+        # gloo can be slow to rendezvous on loaded CI machines; give it room
+        dist.init_process_group(backend="gloo", timeout=timedelta(minutes=10))
+        dist.barrier()
+    else:
+        device = torch.device(device_type)
+    if rank == 0:
+        setup_default_logging()
+        logger.info("device %s, world size %d", device, world_size)
+    return ddp, rank, local_rank, world_size, device
+
+
+def compute_cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class DummyWandb:
+    """Takes wandb's calls and does nothing, for --run=dummy."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def init_wandb(run: str, project: str, config: dict, master_process: bool) -> Any:
+    """A real wandb run unless run == 'dummy' or this is not the master process."""
+    if run == "dummy" or not master_process:
+        return DummyWandb()
+    import wandb
+
+    return wandb.init(project=project, name=run, config=config)
