@@ -1,0 +1,198 @@
+"""Tests for nanochat/synthetic.py: the offline twin of the pretraining shards."""
+
+import inspect
+import os
+import random
+import re
+import string
+
+import pyarrow.parquet as pq
+import pytest
+
+from nanochat.synthetic import (WORDS, make_arithmetic_problem, make_document, make_fact, make_spelling_drill,
+                                make_story, number_to_words, write_shards)
+
+SMALL = dict(chars_per_shard=20_000, docs_per_row_group=8)  # a few dozen docs per shard: fast
+
+
+def read_bytes(paths):
+    return [open(p, "rb").read() for p in paths]
+
+
+# -----------------------------------------------------------------------------
+# shards on disk
+
+def test_same_seed_same_bytes_different_seed_different(tmp_path):
+    a = write_shards(str(tmp_path / "a"), num_shards=3, seed=0, **SMALL)
+    b = write_shards(str(tmp_path / "b"), num_shards=3, seed=0, **SMALL)
+    c = write_shards(str(tmp_path / "c"), num_shards=3, seed=1, **SMALL)
+    assert read_bytes(a) == read_bytes(b)
+    for x, y in zip(read_bytes(a), read_bytes(c)):
+        assert x != y
+    # shards differ from each other too (the last one is the validation split)
+    assert len(set(read_bytes(a))) == 3
+
+
+def test_shard_i_does_not_depend_on_num_shards_or_workers(tmp_path):
+    two = write_shards(str(tmp_path / "two"), num_shards=2, **SMALL)
+    four = write_shards(str(tmp_path / "four"), num_shards=4, num_workers=2, **SMALL)
+    assert read_bytes(two) == read_bytes(four[:2])
+
+
+def test_layout(tmp_path):
+    paths = write_shards(str(tmp_path), num_shards=2, **SMALL)
+    assert [os.path.basename(p) for p in paths] == ["shard_00000.parquet", "shard_00001.parquet"]
+    assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet", "shard_00001.parquet"]  # no temp files left
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        assert pf.schema_arrow.names == ["text"]
+        assert str(pf.schema_arrow.field("text").type) == "string"
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+        assert len(sizes) > 1
+        assert all(s == SMALL["docs_per_row_group"] for s in sizes[:-1]) and 0 < sizes[-1] <= SMALL["docs_per_row_group"]
+        texts = pf.read_row_group(1, columns=["text"]).column("text").to_pylist()
+        assert all(isinstance(t, str) and t for t in texts)
+        total = sum(len(t) for t in pf.read().column("text").to_pylist())
+        assert SMALL["chars_per_shard"] <= total < SMALL["chars_per_shard"] + 3000  # overshoot by at most one doc
+
+
+def test_default_size_is_about_4M_chars():
+    defaults = inspect.signature(write_shards).parameters
+    assert defaults["num_shards"].default * defaults["chars_per_shard"].default == 4_000_000
+
+
+def test_existing_shards_are_skipped_and_missing_ones_resumed(tmp_path):
+    paths = write_shards(str(tmp_path), num_shards=3, **SMALL)
+    original = read_bytes(paths)
+    os.utime(paths[0], ns=(1_000_000_000, 1_000_000_000))
+    os.remove(paths[1])
+    write_shards(str(tmp_path), num_shards=3, **SMALL)
+    assert os.stat(paths[0]).st_mtime_ns == 1_000_000_000  # untouched
+    assert read_bytes(paths) == original  # the missing one came back identical
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
+
+
+def test_failed_write_leaves_no_partial_shard(tmp_path, monkeypatch):
+    def write_half_then_fail(table, where, **kwargs):
+        open(where, "wb").write(b"PAR1 half a shard")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", write_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(str(tmp_path), num_shards=2, **SMALL)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_needs_a_validation_shard(tmp_path, n):
+    with pytest.raises(ValueError):
+        write_shards(str(tmp_path), num_shards=n, **SMALL)
+
+# -----------------------------------------------------------------------------
+# GSM8K format
+
+ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+
+
+def test_arithmetic_in_gsm8k_format():
+    rng = random.Random(0)
+    for _ in range(3000):
+        problem = make_arithmetic_problem(rng)
+        assert set(problem) == {"question", "answer"}
+        assert problem["question"].endswith("?") and "\n" not in problem["question"]
+        *steps, last = problem["answer"].split("\n")
+        final = re.fullmatch(r"#### (\d+)", last)
+        assert final and steps, problem
+        results = []
+        for step in steps:
+            matches = list(ANNOTATION.finditer(step))
+            assert matches, step
+            for m in matches:
+                expr, result = m.group(1), m.group(2)
+                assert re.fullmatch(r"\d+([-+*/]\d+)+", expr), step
+                assert re.fullmatch(r"\d+", result), step
+                assert eval(expr) == int(result), step
+                assert re.match(re.escape(result) + r"(\D|$)", step[m.end():]), step  # result repeated after >>
+                assert re.search(re.escape(expr) + r" = \$?$", step[:m.start()]), step  # 'expr = <<...'
+                results.append(int(result))
+        assert int(final.group(1)) == results[-1], problem
+
+
+def test_generators_are_deterministic():
+    for make in (make_arithmetic_problem, make_spelling_drill, make_fact, make_story, make_document):
+        a, b = random.Random(5), random.Random(5)
+        assert [make(a) for _ in range(50)] == [make(b) for _ in range(50)]
+
+# -----------------------------------------------------------------------------
+# spelling, facts, stories
+
+def test_words():
+    assert len(WORDS) >= 200 and len(set(WORDS)) == len(WORDS)
+    assert all(re.fullmatch(r"[a-z]{3,10}", w) for w in WORDS)
+    assert "strawberry" in WORDS
+
+
+def test_spelling_drills_are_correct():
+    rng = random.Random(0)
+    kinds = set()
+    for _ in range(2000):
+        drill = make_spelling_drill(rng)
+        if m := re.search(r"counting each (\w): ([a-z()\d-]+)\. So there (is|are) (\d+) (\w) in (\w+)\.$", drill):
+            letter, tally, verb, n, letter2, word = m.groups()
+            assert letter == letter2 and letter in drill.split("?")[0].split(".")[0]
+            assert re.sub(r"\(\d+\)", "", tally).replace("-", "") == word
+            assert int(n) == word.count(letter)
+            assert re.findall(r"\((\d+)\)", tally) == [str(i) for i in range(1, int(n) + 1)]
+            assert verb == ("is" if int(n) == 1 else "are")
+            kinds.add("count")
+        elif m := re.search(r"(\w+)(?: is spelled|\? It is spelled|:) ([a-z-]+)\.", drill):
+            assert m.group(2).replace("-", "") == m.group(1) and m.group(2) == "-".join(m.group(1))
+            if n := re.search(r"It has (\d+) letters?\.", drill):
+                assert int(n.group(1)) == len(m.group(1))
+            kinds.add("spell")
+        elif m := re.fullmatch(r"The first letter of (\w+) is (\w) and the last letter is (\w)\.", drill):
+            assert (m.group(2), m.group(3)) == (m.group(1)[0], m.group(1)[-1])
+            kinds.add("first_last")
+        else:
+            m = re.fullmatch(r"The word (\w+) spelled backwards is ([a-z-]+)\.", drill)
+            assert m and m.group(2).replace("-", "") == m.group(1)[::-1], drill
+            kinds.add("backwards")
+    assert kinds == {"count", "spell", "first_last", "backwards"}
+
+
+def test_number_words():
+    assert [number_to_words(n) for n in (0, 13, 40, 47, 100, 305, 999)] == [
+        "zero", "thirteen", "forty", "forty-seven", "one hundred", "three hundred five",
+        "nine hundred ninety-nine"]
+
+
+def test_facts_and_stories_are_consistent():
+    rng = random.Random(0)
+    for _ in range(1000):
+        fact = make_fact(rng)
+        assert fact[0].isupper() or fact[0].isdigit(), fact
+        if m := re.fullmatch(r"(\d+) plus (\d+) equals (\d+)\.", fact):
+            assert int(m.group(1)) + int(m.group(2)) == int(m.group(3))
+        if m := re.fullmatch(r"(\d+) is (greater|less) than (\d+)\.", fact):
+            assert (int(m.group(1)) > int(m.group(3))) == (m.group(2) == "greater")
+        story = make_story(rng)
+        if m := re.search(r"took (\d+) .* who had (\d+) .* counted (\d+)\.", story):
+            assert int(m.group(1)) + int(m.group(2)) == int(m.group(3)), story
+        if m := re.search(r"baked (\d+) .* ate (\d+) .* the other (\d+) ", story):
+            assert int(m.group(1)) - int(m.group(2)) == int(m.group(3)), story
+        assert re.search(r"\b(a|A) [aeiou]", fact + story) is None  # 'an owl', not 'a owl'
+
+# -----------------------------------------------------------------------------
+# learnability: varied but with a small, regular alphabet
+
+def test_documents_are_varied_and_regular():
+    rng = random.Random(0)
+    docs = [make_document(rng) for _ in range(2000)]
+    assert len(set(docs)) > 1900
+    chars = set("".join(docs))
+    assert chars <= set(string.printable) and len(chars) < 90
+    lengths = sorted(len(d) for d in docs)
+    assert lengths[0] >= 200 and lengths[len(lengths) // 2] < 1500
+    items = [item for d in docs for item in d.split("\n\n")]
+    arithmetic_chars = sum(len(i) for i in items if i.startswith("Question: "))
+    assert 0.3 < arithmetic_chars / sum(len(i) for i in items) < 0.7
