@@ -58,9 +58,8 @@ def load_reference(name: str) -> tuple[RustBPETokenizer | None, str]:
     """A tiktoken reference encoding, or None and a one-line note saying why it is missing."""
     try:
         return RustBPETokenizer.from_pretrained(REFERENCES[name]), ""
-    except Exception as e:  # no network and no cache, most often
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        return None, f"note: {name} ({REFERENCES[name]}) not compared: tiktoken could not load it offline ({type(e).__name__}: {reason})"
+    except Exception as e:  # no network and no cached copy, most often
+        return None, f"note: {name} not compared: tiktoken could not load {REFERENCES[name]} (offline, no cached copy: {type(e).__name__})"
 
 
 def shard_sample(split: str, max_chars: int) -> str:

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
 
     texts = counted(text_iterator(parquets_iter_batched(split="train"), args.max_chars, args.doc_cap))
     tokenizer, seconds = train_tokenizer(texts, args.vocab_size)
+    progress.total = chars  # the data may hold less than --max_chars
+    progress.refresh()
     progress.close()
     path = tokenizer.save(get_tokenizer_dir())
 
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     token_bytes = tokenizer.token_byte_lengths()
     print(f"trained in {seconds:.1f}s on {chars:,} chars ({chars / max(seconds, 1e-9):,.0f} chars/s)")
     print(f"vocab size {tokenizer.get_vocab_size():,}; saved {path} and token_bytes.pt")
+    if tokenizer.get_vocab_size() < args.vocab_size:
+        print(f"note: the corpus ran out of pairs to merge before {args.vocab_size:,} tokens; the vocabulary is smaller")
     nonzero = token_bytes[token_bytes > 0].float()
     get_report().log(
         section="Tokenizer training",
