@@ -126,6 +126,8 @@ def compute_init(device_type: str = "cuda", seed: int = 42) -> tuple[bool, int, 
 
 def compute_cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
+        # ranks that tear down while others still talk can abort gloo; meet first
+        dist.barrier()
         dist.destroy_process_group()
 
 

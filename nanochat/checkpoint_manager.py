@@ -1,0 +1,305 @@
+"""
+Saving and loading checkpoints, in nanochat's file layout so its checkpoints load here.
+
+A checkpoint dir (one per stage and model tag, e.g. base_checkpoints/d20/) holds, per step:
+
+    model_{step:06d}.pt             the model's state dict (written by rank 0)
+    meta_{step:06d}.json            model_config plus whatever the training script adds (rank 0)
+    optim_{step:06d}_rank{r}.pt     rank r's optimizer state dicts, as a list
+
+Every file is written atomically (temp file, fsync, rename), and the meta file last, so a
+crash mid-save never leaves a half-written file under a final name, and a step "exists"
+only once its model file is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import IO, Any
+
+import torch
+
+from nanochat.common import get_base_dir, get_dist_info, logger
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import RustBPETokenizer, get_tokenizer, get_tokenizer_dir
+
+# source → (folder under the base dir, the script that fills it)
+SOURCES = {
+    "base": ("base_checkpoints", "scripts.base_train"),
+    "mid": ("mid_checkpoints", "scripts.mid_train"),
+    "sft": ("chatsft_checkpoints", "scripts.chat_sft"),
+    "rl": ("chatrl_checkpoints", "scripts.chat_rl"),
+}
+
+# torch.compile wraps the model, and a compiled model's state dict keys carry this prefix
+COMPILED_PREFIX = "_orig_mod."
+
+_META_RE = re.compile(r"meta_(\d+)\.json")
+_TAG_RE = re.compile(r"d(\d+)")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt, or does not match the code or tokenizer."""
+
+
+def _model_path(checkpoint_dir: str, step: int) -> str:
+    return os.path.join(checkpoint_dir, f"model_{step:06d}.pt")
+
+
+def _meta_path(checkpoint_dir: str, step: int) -> str:
+    return os.path.join(checkpoint_dir, f"meta_{step:06d}.json")
+
+
+def _optim_path(checkpoint_dir: str, step: int, rank: int) -> str:
+    return os.path.join(checkpoint_dir, f"optim_{step:06d}_rank{rank}.pt")
+
+
+# ---- writing ----
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable: without this a power loss can undo os.replace."""
+    if os.name != "posix":  # Windows cannot open a directory; its renames are journaled anyway
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some network and FUSE filesystems refuse fsync on a directory; the data is already synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write via a temp file in the same dir, so `path` is either the old file, the complete new one, or absent."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        # after a failure (even KeyboardInterrupt) no partial temp file is left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def save_checkpoint(
+    checkpoint_dir: str,
+    step: int,
+    model_data: dict[str, torch.Tensor],
+    optimizer_data: list[dict[str, Any]] | None,
+    meta_data: dict[str, Any],
+    rank: int | None = None,
+) -> None:
+    """
+    Rank 0 writes the model and the meta; every rank writes its own optimizer state (the
+    distributed optimizers keep only a shard per rank) unless optimizer_data is None.
+    rank defaults to this process's torchrun rank.
+    """
+    if rank is None:
+        rank = get_dist_info()[1]
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if rank == 0:
+        if "model_config" not in meta_data:
+            raise ValueError("meta_data needs 'model_config' (the GPTConfig fields) or the checkpoint cannot be loaded")
+        # serialize before writing anything, so a meta that is not JSON fails before the model is written
+        meta_bytes = json.dumps(meta_data, indent=2).encode("utf-8")
+        model_path = _model_path(checkpoint_dir, step)
+        _atomic_write(model_path, lambda f: torch.save(model_data, f))
+        logger.info("saved model to %s", model_path)
+    if optimizer_data is not None:
+        optim_path = _optim_path(checkpoint_dir, step, rank)
+        _atomic_write(optim_path, lambda f: torch.save(optimizer_data, f))
+        logger.info("saved optimizer state to %s", optim_path)
+    if rank == 0:
+        # last: find_last_step counts a step only once its meta exists
+        meta_path = _meta_path(checkpoint_dir, step)
+        _atomic_write(meta_path, lambda f: f.write(meta_bytes))
+        logger.info("saved metadata to %s", meta_path)
+
+
+# ---- reading ----
+
+
+def _complete_steps(checkpoint_dir: str) -> list[int]:
+    """Steps whose meta and model files are both present, ascending. Temp files never match."""
+    steps = []
+    for name in os.listdir(checkpoint_dir):
+        m = _META_RE.fullmatch(name)
+        if m and os.path.isfile(_model_path(checkpoint_dir, int(m.group(1)))):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def _unreadable(path: str, checkpoint_dir: str, step: int, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"could not read {path} ({type(err).__name__}: {err}); it is truncated or corrupt. "
+        f"Delete step {step}'s files and load an earlier step (complete steps: {_complete_steps(checkpoint_dir)})"
+    )
+
+
+def _torch_load(path: str, checkpoint_dir: str, step: int, device: torch.device | str) -> Any:
+    # weights_only: a checkpoint is data, and unpickling arbitrary objects could run code
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated zip, a bad pickle, a wrong magic number: all fail differently
+        raise _unreadable(path, checkpoint_dir, step, e) from e
+
+
+def _require_file(path: str, checkpoint_dir: str) -> None:
+    if not os.path.isfile(path):
+        steps = _complete_steps(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
+        raise CheckpointError(f"checkpoint file {path} is missing; complete steps in {checkpoint_dir}: {steps}")
+
+
+def load_checkpoint(
+    checkpoint_dir: str,
+    step: int,
+    device: torch.device | str,
+    load_optimizer: bool = False,
+    rank: int | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]] | None, dict[str, Any]]:
+    """
+    (model_data, optimizer_data or None, meta_data) of one step, tensors on `device`.
+    rank (default: this process's torchrun rank) picks the optimizer shard to resume.
+    """
+    meta_path = _meta_path(checkpoint_dir, step)
+    model_path = _model_path(checkpoint_dir, step)
+    _require_file(meta_path, checkpoint_dir)
+    _require_file(model_path, checkpoint_dir)
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta_data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _unreadable(meta_path, checkpoint_dir, step, e) from e
+    model_data = _torch_load(model_path, checkpoint_dir, step, device)
+    optimizer_data = None
+    if load_optimizer:
+        if rank is None:
+            rank = get_dist_info()[1]
+        optim_path = _optim_path(checkpoint_dir, step, rank)
+        if not os.path.isfile(optim_path):
+            prefix = f"optim_{step:06d}_rank"
+            saved = sorted(n for n in os.listdir(checkpoint_dir) if n.startswith(prefix) and n.endswith(".pt"))
+            raise CheckpointError(
+                f"no optimizer state for rank {rank} at {optim_path} (found {saved}); resume with the "
+                "number of ranks the checkpoint was saved with, or start without loading the optimizer"
+            )
+        optimizer_data = _torch_load(optim_path, checkpoint_dir, step, device)
+    logger.info("loaded checkpoint step %d from %s", step, checkpoint_dir)
+    return model_data, optimizer_data, meta_data
+
+
+def find_last_step(checkpoint_dir: str) -> int:
+    """The largest step with a complete checkpoint (a leftover model file without meta is an interrupted save)."""
+    if not os.path.isdir(checkpoint_dir):
+        raise CheckpointError(f"checkpoint dir {checkpoint_dir} does not exist")
+    steps = _complete_steps(checkpoint_dir)
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint (meta_*.json with its model_*.pt) in {checkpoint_dir}")
+    return steps[-1]
+
+
+def find_largest_model(checkpoints_dir: str) -> str:
+    """The model tag to load by default: the deepest `d<N>`, else the most recently modified folder."""
+    if not os.path.isdir(checkpoints_dir):
+        raise CheckpointError(f"checkpoints dir {checkpoints_dir} does not exist")
+    tags = [name for name in os.listdir(checkpoints_dir) if os.path.isdir(os.path.join(checkpoints_dir, name))]
+    if not tags:
+        raise CheckpointError(f"no model tags (subfolders) in {checkpoints_dir}")
+    depths = {int(m.group(1)): tag for tag in tags if (m := _TAG_RE.fullmatch(tag))}
+    if depths:
+        return depths[max(depths)]
+    return max(tags, key=lambda tag: os.path.getmtime(os.path.join(checkpoints_dir, tag)))
+
+
+# ---- building models ----
+
+
+def _mismatch_report(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], limit: int = 5) -> str:
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(v.shape)}"
+              for k, v in expected.items() if k in got and got[k].shape != v.shape]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{label}: {items[:limit]}{more}")
+    return "; ".join(parts)
+
+
+def build_model(
+    checkpoint_dir: str, step: int, device: torch.device | str, phase: str
+) -> tuple[GPT, RustBPETokenizer, dict[str, Any]]:
+    """A GPT with the weights of one step, in train or eval mode, and the tokenizer it was trained with."""
+    if phase not in ("train", "eval"):
+        raise ValueError(f"phase must be 'train' or 'eval', not {phase!r}")
+    device = torch.device(device)
+    model_data, _, meta_data = load_checkpoint(checkpoint_dir, step, device)
+    model_data = {k.removeprefix(COMPILED_PREFIX): v for k, v in model_data.items()}
+
+    meta_path = _meta_path(checkpoint_dir, step)
+    try:
+        config = GPTConfig(**meta_data["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_path} has no valid model_config ({type(e).__name__}: {e})") from e
+
+    # check the tokenizer before building: a model with the wrong vocabulary decodes nonsense
+    tokenizer = get_tokenizer()
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {get_tokenizer_dir()} has vocab size {tokenizer.get_vocab_size()}, but the model in "
+            f"{checkpoint_dir} was trained with vocab size {config.vocab_size}; use the tokenizer it was trained with"
+        )
+
+    # build on the meta device (no memory, no init), then give it real storage on `device`
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # fills the rotary buffers, which are not in the state dict
+    expected = model.state_dict()
+    if expected.keys() != model_data.keys() or any(model_data[k].shape != v.shape for k, v in expected.items()):
+        raise CheckpointError(
+            f"{_model_path(checkpoint_dir, step)} does not match the config in {meta_path} ({config}): "
+            f"{_mismatch_report(expected, model_data)}"
+        )
+    # keep the dtypes the model is built with: nanochat saves the embedding in bf16 on CUDA,
+    # and with assign=True a bf16 tensor would otherwise replace an fp32 parameter
+    model_data = {k: v.to(expected[k].dtype) for k, v in model_data.items()}
+    model.load_state_dict(model_data, strict=True, assign=True)
+    model.train(phase == "train")
+    logger.info("loaded model from %s (step %d, %s)", checkpoint_dir, step, config)
+    return model, tokenizer, meta_data
+
+
+def checkpoint_dir_for(source: str, model_tag: str) -> str:
+    """Where a stage saves (and later stages load) the checkpoints of one model tag."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
+    return os.path.join(get_base_dir(), SOURCES[source][0], model_tag)
+
+
+def load_model(
+    source: str, device: torch.device | str, phase: str, model_tag: str | None = None, step: int | None = None
+) -> tuple[GPT, RustBPETokenizer, dict[str, Any]]:
+    """The model a stage produced: by default its deepest model tag at its last step."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
+    folder, script = SOURCES[source]
+    checkpoints_dir = os.path.join(get_base_dir(), folder)
+    try:
+        if model_tag is None:
+            model_tag = find_largest_model(checkpoints_dir)
+        checkpoint_dir = os.path.join(checkpoints_dir, model_tag)
+        if step is None:
+            step = find_last_step(checkpoint_dir)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; train a {source} model first with `python -m {script}`") from e
+    return build_model(checkpoint_dir, step, device, phase)

@@ -1,0 +1,297 @@
+"""
+The GPT model.
+
+A plain decoder-only Transformer with the choices nanochat made (and whose checkpoints load
+here unchanged): rotary position embeddings (base 10000), QK norm, parameter-free RMSNorm
+(also right after the token embedding and before the head), ReLU² MLP of 4x width, no
+biases, an untied head, grouped-query attention, logits soft-capped at 15, and output
+projections and head initialized to zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanochat.common import get_dist_info
+
+LOGIT_SOFTCAP = 15.0
+ROTARY_BASE = 10000
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 6  # query heads
+    n_kv_head: int = 6  # key/value heads (GQA when fewer than n_head)
+    n_embd: int = 768
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
+        if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError("the head dimension must be even for rotary embeddings")
+
+
+def config_for_depth(depth: int, vocab_size: int, sequence_len: int = 2048, n_kv_head: int | None = None) -> GPTConfig:
+    """The one-dial model: width 64·depth, heads of 128 dims (at least one head)."""
+    n_embd = 64 * depth
+    n_head = max(1, n_embd // 128)
+    return GPTConfig(
+        sequence_len=sequence_len,
+        vocab_size=vocab_size,
+        n_layer=depth,
+        n_head=n_head,
+        n_kv_head=n_kv_head or n_head,
+        n_embd=n_embd,
+    )
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head's channels by position-dependent angles. x: (B, T, H, D)."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class KVCache:
+    """
+    Keys and values of every layer for a batch of sequences, all at the same position.
+    Grows (doubling) when a sequence outruns it.
+    """
+
+    def __init__(self, batch_size: int, num_heads: int, seq_len: int, head_dim: int, num_layers: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        shape = (num_layers, 2, batch_size, num_heads, seq_len, head_dim)
+        self.cache = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+        self.num_layers = num_layers
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def get_pos(self) -> int:
+        return self.pos
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.cache.size(4)
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+        grown = self.cache.new_zeros(*self.cache.shape[:4], new_capacity, self.cache.size(5))
+        grown[:, :, :, :, :capacity] = self.cache
+        self.cache = grown
+
+    def insert_kv(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v (B, H, T, D) for one layer; return all keys and values so far."""
+        t0, t1 = self.pos, self.pos + k.size(2)
+        self._grow(t1)
+        self.cache[layer_idx, 0, :, :, t0:t1] = k
+        self.cache[layer_idx, 1, :, :, t0:t1] = v
+        if layer_idx == self.num_layers - 1:  # the last layer moves everyone forward
+            self.pos = t1
+        return self.cache[layer_idx, 0, :, :, :t1], self.cache[layer_idx, 1, :, :, :t1]
+
+    def prefill(self, other: "KVCache") -> None:
+        """Copy another cache's contents (batch 1, or the same batch) into this one, broadcasting rows."""
+        if other.cache.size(2) not in (1, self.cache.size(2)):
+            raise ValueError(f"cannot prefill a batch of {self.cache.size(2)} from a batch of {other.cache.size(2)}")
+        self.reset()
+        self._grow(other.pos)
+        self.cache[:, :, :, :, : other.pos] = other.cache[:, :, :, :, : other.pos]
+        self.pos = other.pos
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.size()
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        cos, sin = cos_sin
+        q, k = norm(apply_rotary_emb(q, cos, sin)), norm(apply_rotary_emb(k, cos, sin))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.insert_kv(self.layer_idx, k, v)
+        Tq, Tk = q.size(2), k.size(2)
+        gqa = self.n_kv_head != self.n_head
+        if Tq == Tk:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif Tq == 1:  # one new token sees everything before it
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=gqa)
+        else:  # a chunk after a cached prefix: query i sits at absolute position Tk - Tq + i
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: KVCache | None) -> torch.Tensor:
+        x = x + self.attn(norm(x), cos_sin, kv_cache)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            }
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # rotary tables cover 10x the training length so generation can run past it
+        self.rotary_seq_len = config.sequence_len * 10
+        head_dim = config.n_embd // config.n_head
+        cos, sin = self._rotary_tables(self.rotary_seq_len, head_dim)
+        # not in the state dict: derived from the config
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _rotary_tables(self, seq_len: int, head_dim: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+        angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+        return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, D/2)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh weights: embeddings N(0, 1); linears uniform-variance by fan-in; output projections and head zero."""
+        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                fan_out, fan_in = module.weight.shape
+                std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+        nn.init.zeros_(self.lm_head.weight)
+        for block in self.transformer.h:
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        head_dim = self.config.n_embd // self.config.n_head
+        self.cos, self.sin = self._rotary_tables(self.rotary_seq_len, head_dim, device=self.lm_head.weight.device)
+
+    def get_device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def estimate_flops(self) -> float:
+        """Training FLOPs per token: 6 per non-embedding parameter, plus attention's 12·L·H·D·T."""
+        n_embedding = self.transformer.wte.weight.numel()
+        cfg = self.config
+        head_dim = cfg.n_embd // cfg.n_head
+        return 6 * (self.num_params() - n_embedding) + 12 * cfg.n_layer * cfg.n_head * head_dim * cfg.sequence_len
+
+    def setup_optimizers(self, unembedding_lr: float = 0.004, embedding_lr: float = 0.2, matrix_lr: float = 0.02,
+                         weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
+        """AdamW for the embedding and head, Muon for every matrix in the blocks; distributed under torchrun."""
+        from nanochat.optimizers import build_adamw, build_muon
+
+        matrix_params = list(self.transformer.h.parameters())
+        # AdamW learning rates were tuned at width 768; scale them as 1/sqrt(width)
+        scale = (self.config.n_embd / 768) ** -0.5
+        adam_groups = [
+            {"params": [self.lm_head.weight], "lr": unembedding_lr * scale},
+            {"params": [self.transformer.wte.weight], "lr": embedding_lr * scale},
+        ]
+        ddp = get_dist_info()[0]
+        optimizers = [
+            build_adamw(adam_groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=weight_decay, distributed=ddp),
+            build_muon(matrix_params, lr=matrix_lr, momentum=0.95, distributed=ddp),
+        ]
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["initial_lr"] = group["lr"]
+        return optimizers
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                loss_reduction: str = "mean") -> torch.Tensor:
+        """Logits (B, T, vocab) in fp32, or the cross-entropy loss when targets are given (-1 is ignored)."""
+        B, T = idx.size()
+        t0 = 0 if kv_cache is None else kv_cache.get_pos()
+        if t0 + T > self.cos.size(1):
+            raise ValueError(f"sequence of {t0 + T} tokens is longer than the rotary tables ({self.cos.size(1)})")
+        x = self.transformer.wte(idx)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        cos_sin = self.cos[:, t0 : t0 + T].to(dtype), self.sin[:, t0 : t0 + T].to(dtype)
+        x = norm(x)
+        for block in self.transformer.h:
+            x = block(x, cos_sin, kv_cache)
+        x = norm(x)
+        logits = self.lm_head(x).float()
+        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
+
+    @torch.inference_mode()
+    def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int = 42) -> Iterator[int]:
+        """Sample one sequence token by token with a full forward each step (the reference the Engine is checked against)."""
+        device = self.get_device()
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        for _ in range(max_tokens):
+            logits = self.forward(ids)[:, -1, :]
+            next_id = sample_next_token(logits, rng, temperature, top_k)
+            ids = torch.cat((ids, next_id), dim=1)
+            yield next_id.item()
+
+
+def sample_next_token(logits: torch.Tensor, rng: torch.Generator, temperature: float = 1.0,
+                      top_k: int | None = None) -> torch.Tensor:
+    """(B, vocab) logits → (B, 1) token ids; temperature 0 is greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    if top_k is not None and top_k > 0:
+        k = min(top_k, logits.size(-1))
+        values, indices = torch.topk(logits, k, dim=-1)
+        probs = F.softmax(values / temperature, dim=-1)
+        return indices.gather(1, torch.multinomial(probs, num_samples=1, generator=rng))
+    probs = F.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=rng)

@@ -1,0 +1,47 @@
+"""
+Bits per byte: a loss that does not depend on the tokenizer, so models with different
+vocabularies compare fairly. Summed nats over all target tokens divided by ln 2 times the
+UTF-8 bytes those tokens stand for; special tokens (0 bytes) and ignored targets (-1) count
+in neither sum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from nanochat.common import get_dist_info
+
+
+@torch.no_grad()
+def evaluate_bpb(
+    model: torch.nn.Module,
+    batches: Iterator[tuple],
+    steps: int,
+    token_bytes: torch.Tensor,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> float:
+    """Bits per byte over `steps` batches of (inputs, targets, ...), summed across ranks."""
+    device = token_bytes.device
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    autocast = autocast or contextlib.nullcontext()
+    for _ in range(steps):
+        inputs, targets, *_ = next(batches)
+        with autocast:
+            nats = model(inputs, targets, loss_reduction="none").view(-1)
+        targets = targets.reshape(-1)
+        valid = targets >= 0
+        nbytes = torch.where(valid, token_bytes[targets.clamp(min=0)], 0)
+        total_nats += (nats.double() * (nbytes > 0)).sum()
+        total_bytes += nbytes.sum()
+    if get_dist_info()[0]:
+        dist.all_reduce(total_nats, op=dist.ReduceOp.SUM)
+        dist.all_reduce(total_bytes, op=dist.ReduceOp.SUM)
+    if total_bytes.item() == 0:
+        raise ValueError("no target bytes to evaluate on (every target was special or ignored)")
+    return total_nats.item() / (math.log(2) * total_bytes.item())

@@ -1,0 +1,253 @@
+"""
+Pretrain the base model on the pretraining shards.
+
+    python -m scripts.base_train --depth=20
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_train -- --depth=20 --run=d20
+    python -m scripts.base_train --depth=20 --resume          # continue the latest checkpoint
+
+Saves to $NANOCHAT_BASE_DIR/base_checkpoints/<model_tag>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, find_last_step, load_checkpoint, save_checkpoint
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
+from nanochat.gpt import GPT, config_for_depth
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.report import get_report
+from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_tokenizer
+from nanochat.training import (
+    NonFiniteLossError,
+    all_reduce_mean,
+    apply_schedule,
+    autocast_context,
+    check_finite,
+    gather_to_all,
+    get_rng_state,
+    grad_accum_steps_for,
+    lr_multiplier,
+    muon_momentum,
+    peak_flops,
+    resolve_dtype,
+    set_rng_state,
+    train_step,
+)
+
+SAMPLE_PROMPTS = [
+    "The capital of France is",
+    "The opposite of hot is",
+    "If yesterday was Friday, then tomorrow will be",
+    "Question: Tom has 3 bags with 4 apples each. How many apples does he have?\nAnswer:",
+    "How many r are in strawberry?",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Pretrain the base model.")
+    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
+    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on for CUDA)")
+    # model
+    p.add_argument("--depth", type=int, default=20, help="layers; width is 64·depth")
+    p.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (0: as many as query heads)")
+    p.add_argument("--max_seq_len", type=int, default=2048)
+    # how long to train: the first of these that is set wins
+    p.add_argument("--num_iterations", type=int, default=-1)
+    p.add_argument("--target_flops", type=float, default=-1.0)
+    p.add_argument("--target_param_data_ratio", type=float, default=20.0, help="tokens per parameter (Chinchilla: 20)")
+    # optimization
+    p.add_argument("--device_batch_size", type=int, default=32)
+    p.add_argument("--total_batch_size", type=int, default=524288, help="tokens per optimizer step, all ranks")
+    p.add_argument("--embedding_lr", type=float, default=0.2)
+    p.add_argument("--unembedding_lr", type=float, default=0.004)
+    p.add_argument("--matrix_lr", type=float, default=0.02)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--warmup_ratio", type=float, default=0.0)
+    p.add_argument("--warmdown_ratio", type=float, default=0.2)
+    p.add_argument("--final_lr_frac", type=float, default=0.0)
+    # evaluation, sampling, saving
+    p.add_argument("--eval_every", type=int, default=250, help="val bpb every N steps (-1: only at the end)")
+    p.add_argument("--eval_tokens", type=int, default=20 * 524288)
+    p.add_argument("--sample_every", type=int, default=2000, help="samples every N steps (-1: only at the end)")
+    p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--model_tag", default="", help="checkpoint folder name (default d<depth>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this model tag")
+    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
+    p.add_argument("--peak_flops", type=float, default=0.0, help="the device's peak FLOP/s for MFU (default: GPU table)")
+    return p.parse_args(argv)
+
+
+def plan_iterations(args: argparse.Namespace, num_params: int, flops_per_token: float) -> int:
+    if args.num_iterations > 0:
+        return args.num_iterations
+    if args.target_flops > 0:
+        return max(1, round(args.target_flops / (flops_per_token * args.total_batch_size)))
+    if args.target_param_data_ratio > 0:
+        return max(1, round(args.target_param_data_ratio * num_params / args.total_batch_size))
+    raise ValueError("set one of --num_iterations, --target_flops, --target_param_data_ratio")
+
+
+@torch.no_grad()
+def sample(model: GPT, tokenizer, max_tokens: int = 16) -> list[str]:
+    model.eval()
+    out = []
+    for prompt in SAMPLE_PROMPTS:
+        tokens = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        generated = list(model.generate(tokens, max_tokens=max_tokens, temperature=0.0))
+        out.append(prompt + tokenizer.decode(generated))
+    model.train()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device_type = args.device_type or autodetect_device_type()
+    ddp, rank, _, world_size, device = compute_init(device_type)
+    master = rank == 0
+    dtype = resolve_dtype(device_type, args.dtype)
+    autocast = autocast_context(device_type, dtype)
+    wandb_run = init_wandb(args.run, "nanochat", vars(args), master)
+
+    try:
+        tokenizer = get_tokenizer()
+    except TokenizerNotFoundError as e:
+        sys.exit(f"error: {e}")
+    token_bytes = get_token_bytes(device)
+    config = config_for_depth(args.depth, tokenizer.get_vocab_size(), args.max_seq_len, args.n_kv_head or None)
+    model_tag = args.model_tag or f"d{args.depth}"
+    checkpoint_dir = checkpoint_dir_for("base", model_tag)
+
+    # ---- model, optimizers, and (when resuming) their saved state ----
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    num_params = model.num_params()
+    flops_per_token = model.estimate_flops()
+    num_iterations = plan_iterations(args, num_params, flops_per_token)
+    B, T = args.device_batch_size, args.max_seq_len
+    grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
+    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
+
+    start_step, loader_state, loop = 0, None, {"smooth_loss": 0.0, "total_time": 0.0, "min_val_bpb": float("inf")}
+    if args.resume or args.resume_from_step >= 0:
+        try:
+            start_step = args.resume_from_step if args.resume_from_step >= 0 else find_last_step(checkpoint_dir)
+            model_data, optim_data, meta = load_checkpoint(checkpoint_dir, start_step, device, load_optimizer=True, rank=rank)
+        except CheckpointError as e:
+            sys.exit(f"error: cannot resume: {e}")
+        if meta["model_config"] != vars(config) or meta["num_iterations"] != num_iterations:
+            sys.exit(f"error: the checkpoint in {checkpoint_dir} was trained with another model or schedule "
+                     f"({meta['model_config']}, {meta['num_iterations']} steps); resume with the same flags")
+        model.load_state_dict(model_data)
+        for opt, state in zip(optimizers, optim_data):
+            opt.load_state_dict(state)
+        loader_state = meta["loader_states"][rank]
+        set_rng_state(meta["rng_states"][rank])
+        loop = meta["loop_state"]
+        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+
+    train_model = torch.compile(model) if args.compile == "on" or (args.compile == "auto" and device_type == "cuda") else model
+    train_batches = tokenizing_distributed_data_loader_with_state(B, T, "train", tokenizer=tokenizer, device=device,
+                                                                  resume_state=loader_state)
+    eval_steps = max(1, args.eval_tokens // (B * T * world_size))
+    tokens_per_step = args.total_batch_size
+    peak = peak_flops(device, args.peak_flops)
+    print0(f"model {model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}")
+    print0(f"{num_iterations:,} steps of {tokens_per_step:,} tokens ({grad_accum_steps} micro-batches of {B}×{T} "
+           f"on each of {world_size} ranks); {num_iterations * tokens_per_step / num_params:.1f} tokens/param")
+
+    def save(step: int, val_bpb: float | None) -> None:
+        loader_states = gather_to_all(loader_state)
+        rng_states = gather_to_all(get_rng_state())
+        meta = {
+            "step": step,
+            "model_config": vars(config),
+            "user_config": vars(args),
+            "num_iterations": num_iterations,
+            "val_bpb": val_bpb,
+            "loader_states": loader_states,
+            "rng_states": rng_states,
+            "loop_state": loop,
+        }
+        save_checkpoint(checkpoint_dir, step, model.state_dict(), [o.state_dict() for o in optimizers], meta, rank=rank)
+        print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
+
+    # ---- the loop: step counts finished optimizer steps; the last pass only evaluates and saves ----
+    step, val_bpb, samples, mfu = start_step, None, [], None
+    while True:
+        last = step == num_iterations
+        if last or (args.eval_every > 0 and step % args.eval_every == 0):
+            model.eval()
+            val_batches = tokenizing_distributed_data_loader(B, T, "val", tokenizer=tokenizer, device=device)
+            val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
+            loop["min_val_bpb"] = min(loop["min_val_bpb"], val_bpb)
+            model.train()
+            print0(f"step {step:05d} | val bpb: {val_bpb:.4f}")
+            wandb_run.log({"step": step, "val/bpb": val_bpb})
+        if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
+            samples = sample(model, tokenizer)
+            print0("\n".join(f"  sample: {s!r}" for s in samples))
+        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
+            save(step, val_bpb)
+        if last:
+            break
+
+        lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+        apply_schedule(optimizers, lrm, muon_momentum(step))
+        t0 = time.perf_counter()
+        loss, (loader_state,) = train_step(train_model, optimizers, train_batches, grad_accum_steps, autocast)
+        loss_value = all_reduce_mean(loss).item()  # .item() also waits for the device
+        dt = time.perf_counter() - t0
+        try:
+            check_finite(loss_value, step)
+        except NonFiniteLossError as e:
+            print0(f"error: {e}")
+            compute_cleanup()
+            sys.exit(1)
+
+        # debiased EMA of the loss, and time spent training (the first steps include compilation)
+        beta = 0.9
+        loop["smooth_loss"] = beta * loop["smooth_loss"] + (1 - beta) * loss_value
+        smooth = loop["smooth_loss"] / (1 - beta ** (step + 1))
+        if step - start_step > 10:
+            loop["total_time"] += dt
+        tok_per_s = tokens_per_step / dt
+        mfu = 100 * flops_per_token * tok_per_s / (peak * world_size) if peak else None
+        mfu_text = f"{mfu:.2f}%" if mfu is not None else "n/a"
+        print0(f"step {step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%) | loss: {smooth:.6f} | "
+               f"lrm: {lrm:.2f} | dt: {dt * 1000:.2f}ms | tok/s: {tok_per_s:,.0f} | mfu: {mfu_text} | "
+               f"total time: {loop['total_time'] / 60:.2f}m")
+        wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/dt": dt, "train/tok_per_s": tok_per_s,
+                       **({"train/mfu": mfu} if mfu is not None else {})})
+        step += 1
+
+    results = {
+        "num_params": num_params,
+        "flops_per_token": flops_per_token,
+        "num_iterations": num_iterations,
+        "tokens_trained": num_iterations * tokens_per_step,
+        "final_val_bpb": val_bpb,
+        "min_val_bpb": loop["min_val_bpb"],
+        "final_smooth_loss": loop["smooth_loss"] / (1 - 0.9 ** max(num_iterations, 1)),
+        "mfu_percent_last_step": mfu if mfu is not None else "n/a",
+        "training_time_min": loop["total_time"] / 60,
+    }
+    if device_type == "cuda":
+        results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    get_report().log(section="Base model training", data=[vars(args), results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)])
+    wandb_run.finish()
+    compute_cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()
