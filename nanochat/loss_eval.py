@@ -1,4 +1,6 @@
 """
+How a base model is judged during and after pretraining: bits per byte, and greedy samples.
+
 Bits per byte: a loss that does not depend on the tokenizer, so models with different
 vocabularies compare fairly. Summed nats over all target tokens divided by ln 2 times the
 UTF-8 bytes those tokens stand for; special tokens (0 bytes) and ignored targets (-1) count
@@ -45,3 +47,26 @@ def evaluate_bpb(
     if total_bytes.item() == 0:
         raise ValueError("no target bytes to evaluate on (every target was special or ignored)")
     return total_nats.item() / (math.log(2) * total_bytes.item())
+
+
+# prompts a base model should complete sensibly, on real web text and on the synthetic twin
+SAMPLE_PROMPTS = [
+    "The capital of France is",
+    "The opposite of hot is",
+    "If yesterday was Friday, then tomorrow will be",
+    "Question: Tom has 3 bags with 4 apples each. How many apples does he have?\nAnswer:",
+    "How many r are in strawberry?",
+]
+
+
+@torch.no_grad()
+def sample_completions(model: torch.nn.Module, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, max_tokens: int = 16) -> list[str]:
+    """Each prompt followed by the model's greedy continuation."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for prompt in prompts:
+        tokens = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        out.append(prompt + tokenizer.decode(list(model.generate(tokens, max_tokens=max_tokens, temperature=0.0))))
+    model.train(was_training)
+    return out

@@ -20,7 +20,7 @@ from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, fin
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
-from nanochat.loss_eval import evaluate_bpb
+from nanochat.loss_eval import evaluate_bpb, sample_completions
 from nanochat.report import get_report
 from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_tokenizer
 from nanochat.training import (
@@ -39,15 +39,6 @@ from nanochat.training import (
     set_rng_state,
     train_step,
 )
-
-SAMPLE_PROMPTS = [
-    "The capital of France is",
-    "The opposite of hot is",
-    "If yesterday was Friday, then tomorrow will be",
-    "Question: Tom has 3 bags with 4 apples each. How many apples does he have?\nAnswer:",
-    "How many r are in strawberry?",
-]
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Pretrain the base model.")
@@ -95,18 +86,6 @@ def plan_iterations(args: argparse.Namespace, num_params: int, flops_per_token: 
     raise ValueError("set one of --num_iterations, --target_flops, --target_param_data_ratio")
 
 
-@torch.no_grad()
-def sample(model: GPT, tokenizer, max_tokens: int = 16) -> list[str]:
-    model.eval()
-    out = []
-    for prompt in SAMPLE_PROMPTS:
-        tokens = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-        generated = list(model.generate(tokens, max_tokens=max_tokens, temperature=0.0))
-        out.append(prompt + tokenizer.decode(generated))
-    model.train()
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
@@ -137,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
 
-    start_step, loader_state, loop = 0, None, {"smooth_loss": 0.0, "total_time": 0.0, "min_val_bpb": float("inf")}
+    start_step, loader_state, loop = 0, None, {"smooth_loss": 0.0, "total_time": 0.0, "min_val_bpb": float("inf"), "val_bpb": []}
     if args.resume or args.resume_from_step >= 0:
         try:
             start_step = args.resume_from_step if args.resume_from_step >= 0 else find_last_step(checkpoint_dir)
@@ -185,16 +164,19 @@ def main(argv: list[str] | None = None) -> dict:
     step, val_bpb, samples, mfu = start_step, None, [], None
     while True:
         last = step == num_iterations
-        if last or (args.eval_every > 0 and step % args.eval_every == 0):
+        # a resumed run already evaluated this step before it saved
+        evaluated_before = step == start_step > 0
+        if last or (args.eval_every > 0 and step % args.eval_every == 0 and not evaluated_before):
             model.eval()
             val_batches = tokenizing_distributed_data_loader(B, T, "val", tokenizer=tokenizer, device=device)
             val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
             loop["min_val_bpb"] = min(loop["min_val_bpb"], val_bpb)
+            loop["val_bpb"].append([step, val_bpb])
             model.train()
             print0(f"step {step:05d} | val bpb: {val_bpb:.4f}")
             wandb_run.log({"step": step, "val/bpb": val_bpb})
         if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
-            samples = sample(model, tokenizer)
+            samples = sample_completions(model, tokenizer)
             print0("\n".join(f"  sample: {s!r}" for s in samples))
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
             save(step, val_bpb)
@@ -235,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         "flops_per_token": flops_per_token,
         "num_iterations": num_iterations,
         "tokens_trained": num_iterations * tokens_per_step,
+        "initial_val_bpb": loop["val_bpb"][0][1],
         "final_val_bpb": val_bpb,
         "min_val_bpb": loop["min_val_bpb"],
         "final_smooth_loss": loop["smooth_loss"] / (1 - 0.9 ** max(num_iterations, 1)),

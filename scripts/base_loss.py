@@ -1,0 +1,60 @@
+"""
+Bits per byte of a base model on the train and val splits, plus a few greedy samples.
+
+    python -m scripts.base_loss
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_loss -- --model_tag=d20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nanochat.checkpoint_manager import CheckpointError, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0
+from nanochat.dataloader import tokenizing_distributed_data_loader
+from nanochat.loss_eval import evaluate_bpb, sample_completions
+from nanochat.report import get_report
+from nanochat.tokenizer import get_token_bytes
+from nanochat.training import autocast_context, resolve_dtype
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description="Evaluate a base model's bits per byte on train and val.")
+    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32")
+    p.add_argument("--device_batch_size", type=int, default=32)
+    p.add_argument("--split_tokens", type=int, default=20 * 524288, help="tokens evaluated per split")
+    p.add_argument("--model_tag", default=None)
+    p.add_argument("--model_step", type=int, default=None)
+    args = p.parse_args(argv)
+
+    device_type = args.device_type or autodetect_device_type()
+    _, rank, _, world_size, device = compute_init(device_type)
+    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    try:
+        model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.model_step)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    token_bytes = get_token_bytes(device)
+    B, T = args.device_batch_size, model.config.sequence_len
+    steps = max(1, args.split_tokens // (B * T * world_size))
+
+    results: dict[str, float] = {}
+    for split in ("train", "val"):
+        batches = tokenizing_distributed_data_loader(B, T, split, tokenizer=tokenizer, device=device)
+        results[f"{split}_bpb"] = evaluate_bpb(model, batches, steps, token_bytes, autocast)
+        print0(f"{split} bpb: {results[split + '_bpb']:.4f}")
+    samples = sample_completions(model, tokenizer) if rank == 0 else []
+    for s in samples:
+        print0(f"  sample: {s!r}")
+    get_report().log(section="Base model loss", data=[
+        {"model_step": meta["step"], **vars(args), **results},
+        "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples),
+    ])
+    compute_cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()
