@@ -35,6 +35,11 @@ if [ "$NANOCHAT_PROFILE" = "gpu" ]; then
     python -m scripts.tok_eval
     echo "waiting for the pretraining shards to finish downloading (log: $NANOCHAT_BASE_DIR/download.log)"
     wait "$DATASET_DOWNLOAD_PID"
+    NPROC_PER_NODE=${NPROC_PER_NODE:-8}
+    WANDB_RUN=${WANDB_RUN:-dummy}
+    # d20: 561M parameters, 20 tokens per parameter (~11B tokens)
+    torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" -m scripts.base_train -- --depth=20 --run="$WANDB_RUN"
+    torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" -m scripts.base_loss
 else
     export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat-cpu}
     export NANOCHAT_DATASET=synthetic
@@ -42,9 +47,13 @@ else
     python -m nanochat.dataset -n 8  # the offline twin: 7 train shards + 1 val, ~4M chars
     python -m scripts.tok_train --vocab_size=4096 --max_chars=20000000
     python -m scripts.tok_eval
+    # a 4-layer model (~4M parameters) on ~0.6M tokens: a few minutes on 2 cores
+    python -m scripts.base_train --depth=4 --max_seq_len=256 --device_batch_size=16 --total_batch_size=4096 \
+        --num_iterations=150 --eval_every=50 --eval_tokens=65536 --sample_every=-1
+    python -m scripts.base_loss --device_batch_size=16 --split_tokens=65536
 fi
 
 python -m nanochat.report generate
 echo
-echo "Tokenizer and data are ready in $NANOCHAT_BASE_DIR."
-echo "Next stages (base_train, mid_train, chat_sft, chat_rl, chat_eval) are not in this repository yet."
+echo "Tokenizer, data and base model are in $NANOCHAT_BASE_DIR; report.md has the numbers."
+echo "Next stages (mid_train, chat_sft, chat_rl, chat_eval) are not in this repository yet."

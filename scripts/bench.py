@@ -4,6 +4,7 @@ so ratios stay meaningful on a loaded or different machine.
 
     python -m scripts.bench tokenizer --vocab_size=65536 --text=synthetic
     python -m scripts.bench tokenizer --text=../shared/data/tinyshakespeare/input.txt
+    python -m scripts.bench train --depth=4 --vocab_size=8192 --seq_len=512 --batch=8 --dtypes=float32,bfloat16
 """
 
 from __future__ import annotations
@@ -69,6 +70,59 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_train(args: argparse.Namespace) -> dict:
+    """Optimizer steps per second of a fresh model on random tokens, once per dtype, same model and data."""
+    from nanochat.common import autodetect_device_type
+    from nanochat.gpt import GPT, config_for_depth
+    from nanochat.training import autocast_context, peak_flops, train_step
+
+    device_type = args.device_type or autodetect_device_type()
+    device = torch.device(device_type)
+    config = config_for_depth(args.depth, args.vocab_size, args.seq_len)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, args.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
+    results = {}
+    for dtype_name in args.dtypes.split(","):
+        torch.manual_seed(0)
+        model = GPT(config).to(device)
+        model.init_weights()
+        optimizers = model.setup_optimizers()
+        train_model = torch.compile(model) if args.compile else model
+        autocast = autocast_context(device_type, getattr(torch, dtype_name))
+        batches = iter(lambda: (data[:, :-1], data[:, 1:]), None)
+        for _ in range(args.warmup):
+            train_step(train_model, optimizers, batches, 1, autocast)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss, _ = train_step(train_model, optimizers, batches, 1, autocast)
+        loss.item()
+        _sync(device)
+        dt = (time.perf_counter() - t0) / args.steps
+        tok_per_s = args.batch * args.seq_len / dt
+        peak = peak_flops(device)
+        results[dtype_name] = {
+            "step_ms": 1000 * dt,
+            "tok_per_s": tok_per_s,
+            "mfu_percent": 100 * model.estimate_flops() * tok_per_s / peak if peak else None,
+        }
+    first = next(iter(results))
+    for name, r in results.items():
+        r[f"speedup_vs_{first}"] = r["tok_per_s"] / results[first]["tok_per_s"]
+    return {
+        "benchmark": "train",
+        "device": str(device) if device_type != "cuda" else torch.cuda.get_device_name(device),
+        "depth": args.depth, "vocab_size": args.vocab_size, "seq_len": args.seq_len, "batch": args.batch,
+        "num_params": sum(p.numel() for p in model.parameters()), "compile": args.compile,
+        "threads": torch.get_num_threads(), "results": results,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Benchmarks with JSON output.")
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -77,10 +131,20 @@ def main(argv: list[str] | None = None) -> dict:
     tok.add_argument("--chars", type=int, default=20_000_000, help="characters of text to use")
     tok.add_argument("--vocab_size", type=int, default=65536)
     tok.add_argument("--threads", type=int, default=0, help="threads for batch encoding (0: all cores)")
+    train = sub.add_parser("train", help="training tok/s and MFU of one model size, per dtype")
+    train.add_argument("--depth", type=int, default=4)
+    train.add_argument("--vocab_size", type=int, default=8192)
+    train.add_argument("--seq_len", type=int, default=512)
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--steps", type=int, default=10)
+    train.add_argument("--warmup", type=int, default=3)
+    train.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16 (first is the baseline)")
+    train.add_argument("--device_type", default="")
+    train.add_argument("--compile", action="store_true")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
 
-    result = {"tokenizer": bench_tokenizer}[args.benchmark](args)
+    result = {"tokenizer": bench_tokenizer, "train": bench_train}[args.benchmark](args)
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
     text = json.dumps(result, indent=2)
     print(text)
