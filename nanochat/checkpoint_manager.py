@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from nanochat.common import get_base_dir, get_dist_info, logger
+from nanochat.common import atomic_write, get_base_dir, get_dist_info, logger
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer, get_tokenizer_dir
 
@@ -60,35 +59,6 @@ def _optim_path(checkpoint_dir: str, step: int, rank: int) -> str:
 # ---- writing ----
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in `directory` durable: without this a power loss can undo os.replace."""
-    if os.name != "posix":  # Windows cannot open a directory; its renames are journaled anyway
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some network and FUSE filesystems refuse fsync on a directory; the data is already synced
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temp file in the same dir, so `path` is either the old file, the complete new one, or absent."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        # after a failure (even KeyboardInterrupt) no partial temp file is left behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
 def save_checkpoint(
     checkpoint_dir: str,
     step: int,
@@ -111,16 +81,16 @@ def save_checkpoint(
         # serialize before writing anything, so a meta that is not JSON fails before the model is written
         meta_bytes = json.dumps(meta_data, indent=2).encode("utf-8")
         model_path = _model_path(checkpoint_dir, step)
-        _atomic_write(model_path, lambda f: torch.save(model_data, f))
+        atomic_write(model_path, lambda f: torch.save(model_data, f))
         logger.info("saved model to %s", model_path)
     if optimizer_data is not None:
         optim_path = _optim_path(checkpoint_dir, step, rank)
-        _atomic_write(optim_path, lambda f: torch.save(optimizer_data, f))
+        atomic_write(optim_path, lambda f: torch.save(optimizer_data, f))
         logger.info("saved optimizer state to %s", optim_path)
     if rank == 0:
         # last: find_last_step counts a step only once its meta exists
         meta_path = _meta_path(checkpoint_dir, step)
-        _atomic_write(meta_path, lambda f: f.write(meta_bytes))
+        atomic_write(meta_path, lambda f: f.write(meta_bytes))
         logger.info("saved metadata to %s", meta_path)
 
 

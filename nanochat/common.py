@@ -9,8 +9,9 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,38 @@ def get_base_dir() -> str:
     base_dir = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
     os.makedirs(base_dir, exist_ok=True)
     return base_dir
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable: without this a power loss can undo os.replace."""
+    if os.name != "posix":  # Windows cannot open a directory; its renames are journaled anyway
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some network and FUSE filesystems refuse fsync on a directory; the data is already synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """
+    Write a file through a temp file in the same folder, then rename: `path` is always either
+    the old file, the complete new one, or absent, whatever kills the process mid-write.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        # after a failure (even KeyboardInterrupt) no partial temp file is left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(path) or ".")
 
 
 class _ColoredFormatter(logging.Formatter):

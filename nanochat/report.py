@@ -11,7 +11,7 @@ import os
 import shutil
 from typing import Any
 
-from nanochat.common import get_base_dir, get_dist_info
+from nanochat.common import atomic_write, get_base_dir, get_dist_info
 
 # pipeline order; sections not listed here come after, alphabetically
 SECTION_ORDER = [
@@ -58,10 +58,8 @@ class Report:
         path = os.path.join(self.report_dir, f"{slugify(section)}.md")
         timestamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         body = "\n\n".join(_format_item(item) for item in data if item)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"## {section}\ntimestamp: {timestamp}\n\n{body}\n\n")
-        os.replace(tmp, path)
+        text = f"## {section}\ntimestamp: {timestamp}\n\n{body}\n\n"
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
         return path
 
     def reset(self) -> None:

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from nanochat.common import atomic_write
+
 # -----------------------------------------------------------------------------
 # Vocabulary: written into the module so nothing has to be downloaded
 
@@ -566,16 +568,7 @@ def _write_shard(path: str, seed: int, index: int, chars_per_shard: int, docs_pe
         docs.append(make_document(rng))
         total += len(docs[-1])
     table = pa.table({"text": pa.array(docs, type=pa.string())})
-    # write next to the target then rename: a killed run never leaves a half-written shard, and
-    # the temp name (per process, not ending in .parquet) lets concurrent writers race safely
-    tmp_path = f"{path}.{os.getpid()}.tmp"
-    try:
-        pq.write_table(table, tmp_path, row_group_size=docs_per_row_group)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_write(path, lambda f: pq.write_table(table, f, row_group_size=docs_per_row_group))
     return path
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from nanochat.common import atomic_write, get_base_dir
+
 SPECIAL_TOKENS = [
     "<|bos|>",  # starts every document
     "<|user_start|>",
@@ -104,9 +106,9 @@ class RustBPETokenizer:
         """Write tokenizer.pkl and token_bytes.pt atomically; returns the pickle's path."""
         os.makedirs(tokenizer_dir, exist_ok=True)
         path = os.path.join(tokenizer_dir, TOKENIZER_FILE)
-        _atomic_write(path, lambda f: pickle.dump(self.enc, f))
+        atomic_write(path, lambda f: pickle.dump(self.enc, f))
         token_bytes = self.token_byte_lengths()
-        _atomic_write(os.path.join(tokenizer_dir, TOKEN_BYTES_FILE), lambda f: torch.save(token_bytes, f))
+        atomic_write(os.path.join(tokenizer_dir, TOKEN_BYTES_FILE), lambda f: torch.save(token_bytes, f))
         return path
 
     def token_byte_lengths(self) -> torch.Tensor:
@@ -262,22 +264,7 @@ def _content_parts(content: str | list[dict], index: int) -> list[dict]:
     raise ValueError(f"assistant message {index} content must be str or a list of parts, not {type(content).__name__}")
 
 
-def _atomic_write(path: str, write: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def get_tokenizer_dir() -> str:
-    from nanochat.common import get_base_dir
-
     return os.path.join(get_base_dir(), "tokenizer")
 
 

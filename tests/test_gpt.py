@@ -156,7 +156,6 @@ def test_generate_greedy_is_argmax_of_full_forward():
 
 def test_estimate_flops_formula():
     model = make_model(n_layer=2, n_embd=64, n_head=4, vocab=300)
-    cfg = model.config
     non_embedding = sum(p.numel() for p in model.parameters()) - 300 * 64
     assert model.estimate_flops() == 6 * non_embedding + 12 * 2 * 4 * 16 * 64
     # per layer: q,k,v,proj (4·d²) + MLP (8·d²); plus the head

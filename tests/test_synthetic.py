@@ -74,7 +74,7 @@ def test_existing_shards_are_skipped_and_missing_ones_resumed(tmp_path):
 
 def test_failed_write_leaves_no_partial_shard(tmp_path, monkeypatch):
     def write_half_then_fail(table, where, **kwargs):
-        open(where, "wb").write(b"PAR1 half a shard")
+        where.write(b"PAR1 half a shard")  # the temp file's handle
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pq, "write_table", write_half_then_fail)
