@@ -5,6 +5,7 @@ so ratios stay meaningful on a loaded or different machine.
     python -m scripts.bench tokenizer --vocab_size=65536 --text=synthetic
     python -m scripts.bench tokenizer --text=../shared/data/tinyshakespeare/input.txt
     python -m scripts.bench train --depth=4 --vocab_size=8192 --seq_len=512 --batch=8 --dtypes=float32,bfloat16
+    python -m scripts.bench decode --depth=4 --vocab_size=8192 --prompt_len=32 --new_tokens=128
 """
 
 from __future__ import annotations
@@ -118,6 +119,71 @@ def bench_train(args: argparse.Namespace) -> dict:
     }
 
 
+class _NoSpecialsTokenizer:
+    """Special tokens outside the vocabulary, so a random model never stops or calls tools early."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def encode_special(self, name: str) -> int:
+        return self.vocab_size + hash(name) % 1000
+
+    def get_bos_token_id(self) -> int:
+        return self.vocab_size + 1000
+
+
+@torch.inference_mode()
+def _naive_decode(model, prompt: list[int], batch: int, new_tokens: int, rng: torch.Generator) -> None:
+    """The reference: a full forward over the whole sequence for every new token."""
+    from nanochat.gpt import sample_next_token
+
+    ids = torch.tensor([prompt] * batch, device=model.get_device())
+    for _ in range(new_tokens):
+        logits = model(ids)[:, -1, :]
+        ids = torch.cat([ids, sample_next_token(logits, rng, 1.0)], dim=1)
+
+
+def bench_decode(args: argparse.Namespace) -> dict:
+    """Engine (KV cache) against naive recompute, tokens generated per second, per batch size."""
+    from nanochat.common import autodetect_device_type
+    from nanochat.engine import Engine
+    from nanochat.gpt import GPT, config_for_depth
+
+    device = torch.device(args.device_type or autodetect_device_type())
+    torch.manual_seed(0)
+    model = GPT(config_for_depth(args.depth, args.vocab_size, sequence_len=args.prompt_len + args.new_tokens)).to(device)
+    model.init_weights()
+    with torch.no_grad():  # a trained model is not zero in its head and projections
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.eval()
+    engine = Engine(model, _NoSpecialsTokenizer(args.vocab_size))
+    prompt = torch.randint(0, args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    results = {}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        timings = {}
+        for name in ("engine", "naive"):
+            for repeat in range(2):  # the first run warms up
+                _sync(device)
+                t0 = time.perf_counter()
+                if name == "engine":
+                    rows, _ = engine.generate_batch(prompt, num_samples=batch, max_tokens=args.new_tokens, temperature=1.0)
+                    assert all(len(r) == args.prompt_len + args.new_tokens for r in rows)
+                else:
+                    _naive_decode(model, prompt, batch, args.new_tokens, torch.Generator(device=device).manual_seed(0))
+                _sync(device)
+                timings[name] = time.perf_counter() - t0
+        tokens = batch * args.new_tokens
+        results[f"batch_{batch}"] = {
+            "engine_tok_per_s": tokens / timings["engine"],
+            "naive_tok_per_s": tokens / timings["naive"],
+            "engine_speedup_vs_naive": timings["naive"] / timings["engine"],
+        }
+    return {"benchmark": "decode", "device": str(device), "depth": args.depth, "vocab_size": args.vocab_size,
+            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
+            "results": results}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -141,10 +207,17 @@ def main(argv: list[str] | None = None) -> dict:
     train.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16 (first is the baseline)")
     train.add_argument("--device_type", default="")
     train.add_argument("--compile", action="store_true")
+    decode = sub.add_parser("decode", help="generation tok/s: the KV-cache Engine against naive recompute")
+    decode.add_argument("--depth", type=int, default=4)
+    decode.add_argument("--vocab_size", type=int, default=8192)
+    decode.add_argument("--prompt_len", type=int, default=32)
+    decode.add_argument("--new_tokens", type=int, default=128)
+    decode.add_argument("--batches", default="1,8")
+    decode.add_argument("--device_type", default="")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
 
-    result = {"tokenizer": bench_tokenizer, "train": bench_train}[args.benchmark](args)
+    result = {"tokenizer": bench_tokenizer, "train": bench_train, "decode": bench_decode}[args.benchmark](args)
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
     text = json.dumps(result, indent=2)
     print(text)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                 "train_chars": chars,
                 "train_time_s": seconds,
                 "chars_per_s": chars / max(seconds, 1e-9),
-                "vocab_size": tokenizer.get_vocab_size(),
+                "trained_vocab_size": tokenizer.get_vocab_size(),
                 "num_special_tokens": len(tokenizer.get_special_tokens()),
                 "token_bytes_min": int(nonzero.min()),
                 "token_bytes_max": int(nonzero.max()),

@@ -26,7 +26,7 @@ def test_tok_train_then_tok_eval(synthetic_base, monkeypatch, capsys):
     assert tok.get_vocab_size() == 600
     assert get_token_bytes().shape == (600,)
     report = (synthetic_base / "report" / "tokenizer-training.md").read_text()
-    assert "vocab_size: 600" in report
+    assert "trained_vocab_size: 600" in report
 
     results = tok_eval.main(["--references=", "--shard_chars=20000"])
     assert set(results) == {"news", "code", "math", "korean", "science", "train-shard", "val-shard"}
