@@ -291,7 +291,16 @@ def sample_next_token(logits: torch.Tensor, rng: torch.Generator, temperature: f
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.size(-1))
         values, indices = torch.topk(logits, k, dim=-1)
-        probs = F.softmax(values / temperature, dim=-1)
-        return indices.gather(1, torch.multinomial(probs, num_samples=1, generator=rng))
-    probs = F.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=rng)
+        return indices.gather(1, _sample_from_probs(F.softmax(values / temperature, dim=-1), rng))
+    return _sample_from_probs(F.softmax(logits / temperature, dim=-1), rng)
+
+
+def _sample_from_probs(probs: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """
+    Inverse-CDF sampling: one uniform number per row instead of one per vocabulary entry
+    (torch.multinomial's way), which makes sampling several times cheaper at decode time.
+    """
+    u = torch.rand(probs.size(0), 1, generator=rng, device=probs.device, dtype=probs.dtype)
+    # right=True: the first token whose cumulative probability exceeds u, never a zero-probability one
+    choice = torch.searchsorted(probs.cumsum(dim=-1), u, right=True)
+    return choice.clamp_(max=probs.size(-1) - 1)

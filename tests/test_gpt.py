@@ -160,3 +160,23 @@ def test_estimate_flops_formula():
     assert model.estimate_flops() == 6 * non_embedding + 12 * 2 * 4 * 16 * 64
     # per layer: q,k,v,proj (4·d²) + MLP (8·d²); plus the head
     assert non_embedding == 2 * 12 * 64 * 64 + 300 * 64
+
+
+def test_sampler_follows_the_distribution():
+    from nanochat.gpt import sample_next_token
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    logits = probs.clamp(min=1e-30).log().expand(20000, -1).contiguous()
+    rng = torch.Generator().manual_seed(0)
+    samples = sample_next_token(logits, rng, temperature=1.0)[:, 0]
+    freq = torch.bincount(samples, minlength=5).float() / len(samples)
+    assert freq[1] == 0 and freq[4] == 0  # zero-probability tokens never come out
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    # top-k keeps the k most likely and renormalizes them
+    top2 = sample_next_token(logits, rng, temperature=1.0, top_k=2)[:, 0]
+    freq2 = torch.bincount(top2, minlength=5).float() / len(top2)
+    torch.testing.assert_close(freq2, torch.tensor([0.0, 0.0, 2 / 3, 1 / 3, 0.0]), atol=0.015, rtol=0)
+    # temperature sharpens: at 0.5 the weights square before renormalizing
+    sharp = sample_next_token(logits, rng, temperature=0.5)[:, 0]
+    p2 = probs**2 / (probs**2).sum()
+    torch.testing.assert_close(torch.bincount(sharp, minlength=5).float() / len(sharp), p2, atol=0.015, rtol=0)
