@@ -5,6 +5,7 @@ import torch
 
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
+from scripted import ScriptedModel
 
 
 def real_model(vocab: int, n_kv_head: int = 2, seed: int = 0) -> GPT:
@@ -15,31 +16,6 @@ def real_model(vocab: int, n_kv_head: int = 2, seed: int = 0) -> GPT:
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))  # peaked enough that greedy paths are stable
     return model.eval()
-
-
-class ScriptedModel(GPT):
-    """Proposes the next token of a script; advances only when its proposal was actually fed back."""
-
-    def __init__(self, vocab: int, script: list[int]) -> None:
-        super().__init__(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
-        self.init_weights()
-        self.script = script
-        self.pointers: list[int] = []
-        self.proposals: list[int] = []
-
-    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
-        B, T = idx.shape
-        if not self.pointers:  # prefill (batch 1), whose proposal every decoded row receives
-            self.pointers, self.proposals = [0] * 64, [self.script[0]] * 64
-        for b in range(B):
-            if T == 1 and idx[b, 0].item() == self.proposals[b]:
-                self.pointers[b] += 1
-        logits = torch.full((B, T, self.config.vocab_size), -10.0)
-        for b in range(B):
-            token = self.script[min(self.pointers[b], len(self.script) - 1)]
-            self.proposals[b] = token
-            logits[b, -1, token] = 10.0
-        return logits
 
 
 def test_greedy_generate_batch_equals_models_own_greedy_generate(tiny_tokenizer):

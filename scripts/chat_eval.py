@@ -1,0 +1,76 @@
+"""
+Evaluate a chat model (mid, sft or rl) on held-out tasks and compute ChatCORE.
+
+    python -m scripts.chat_eval -i sft
+    python -m scripts.chat_eval -i sft -a "ARC-Easy|GSM8K" --max_problems=200
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_eval -- -i rl -a GSM8K
+
+ChatCORE is the mean over the evaluated tasks of accuracy centered on chance (0.25 for
+four-way multiple choice, 0 for generative tasks): 0 is chance, 1 is perfect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nanochat.checkpoint_manager import CheckpointError, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0
+from nanochat.report import get_report
+from nanochat.task_eval import centered_accuracy, evaluate_task
+from nanochat.training import autocast_context, resolve_dtype
+from tasks import EVAL_TASK_NAMES, build_eval_task
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description="Evaluate a chat model on held-out tasks (ChatCORE).")
+    p.add_argument("-i", "--source", required=True, choices=["base", "mid", "sft", "rl"])
+    p.add_argument("-a", "--task_name", default="|".join(EVAL_TASK_NAMES), help="task names joined by '|'")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--batch_size", type=int, default=8, help="examples per forward pass for categorical tasks")
+    p.add_argument("--max_problems", type=int, default=None, help="evaluate at most this many examples per task")
+    p.add_argument("--model_tag", default=None)
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32")
+    args = p.parse_args(argv)
+    names = [n for n in args.task_name.split("|") if n]
+    unknown = [n for n in names if n not in EVAL_TASK_NAMES]
+    if unknown:
+        p.error(f"unknown task(s) {unknown}; choose from {EVAL_TASK_NAMES}")
+
+    device_type = args.device_type or autodetect_device_type()
+    _, _, _, _, device = compute_init(device_type)
+    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    try:
+        model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+
+    accuracies: dict[str, float] = {}
+    centered: dict[str, float] = {}
+    for name in names:
+        task = build_eval_task(name)
+        with autocast:
+            accuracies[name] = evaluate_task(task, model, tokenizer, batch_size=args.batch_size,
+                                             num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                                             temperature=args.temperature, top_k=args.top_k,
+                                             max_problems=args.max_problems)
+        centered[name] = centered_accuracy(accuracies[name], task.eval_type)
+        print0(f"{name}: accuracy {100 * accuracies[name]:.2f}% (centered {centered[name]:.4f})")
+    chatcore = sum(centered.values()) / len(centered)
+    print0(f"ChatCORE over {len(centered)} task(s): {chatcore:.4f}")
+
+    get_report().log(section=f"Chat evaluation {args.source}", data=[
+        {"source": args.source, "model_step": meta["step"], **{k: v for k, v in vars(args).items() if k != "source"}},
+        {**accuracies, "ChatCORE": chatcore},
+    ])
+    compute_cleanup()
+    return {"accuracy": accuracies, "centered": centered, "ChatCORE": chatcore}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""chat_eval and the task evaluation loops on the offline twins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.task_eval import centered_accuracy, evaluate_task
+from nanochat.tokenizer import get_tokenizer_dir
+from scripted import OracleModel
+from scripts import chat_eval
+from tasks import build_eval_task
+
+
+@pytest.fixture
+def offline(base_dir, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    return base_dir
+
+
+def tiny_random_model(vocab: int) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=128, vocab_size=vocab, n_layer=1, n_head=1, n_kv_head=1, n_embd=64))
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["ARC-Easy", "MMLU", "GSM8K", "SpellingBee"])
+def test_oracle_scores_one(offline, tiny_tokenizer, name):
+    task = build_eval_task(name)
+    n = 24
+    oracle = OracleModel(tiny_tokenizer, [task[i] for i in range(n)])
+    accuracy = evaluate_task(task, oracle, tiny_tokenizer, batch_size=5, max_problems=n, max_new_tokens=400,
+                             progress=False)
+    assert accuracy == 1.0
+    assert centered_accuracy(accuracy, task.eval_type) == 1.0
+
+
+def test_random_model_is_near_chance(offline, tiny_tokenizer):
+    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
+    arc = evaluate_task(build_eval_task("ARC-Easy"), model, tiny_tokenizer, batch_size=16, max_problems=200, progress=False)
+    assert 0.12 < arc < 0.40  # chance is 0.25
+    gsm = evaluate_task(build_eval_task("GSM8K"), model, tiny_tokenizer, max_problems=10, max_new_tokens=16, progress=False)
+    assert gsm == 0.0
+
+
+def test_categorical_prediction_is_restricted_to_the_letters(offline, tiny_tokenizer):
+    """A model that loves a non-letter token still answers with one of the letters."""
+    task = build_eval_task("ARC-Easy")
+    oracle = OracleModel(tiny_tokenizer, [task[i] for i in range(8)])
+    real_forward = oracle.forward
+
+    def forward(idx, *args, **kwargs):
+        logits = real_forward(idx, *args, **kwargs)
+        logits[..., tiny_tokenizer.encode("the")[0]] = 100.0
+        return logits
+
+    oracle.forward = forward
+    assert evaluate_task(task, oracle, tiny_tokenizer, batch_size=3, max_problems=8, progress=False) == 1.0
+
+
+def test_chat_eval_end_to_end(offline, tiny_tokenizer, monkeypatch):
+    tiny_tokenizer.save(get_tokenizer_dir())
+    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
+    save_checkpoint(checkpoint_dir_for("sft", "d1"), 5, model.state_dict(), None,
+                    {"model_config": vars(model.config), "step": 5})
+    result = chat_eval.main(["-i", "sft", "-a", "ARC-Easy|GSM8K", "--max_problems=16", "--max_new_tokens=8",
+                             "--device_type=cpu"])
+    assert set(result["accuracy"]) == {"ARC-Easy", "GSM8K"}
+    expected = (result["centered"]["ARC-Easy"] + result["centered"]["GSM8K"]) / 2
+    assert result["ChatCORE"] == pytest.approx(expected)
+    assert result["centered"]["GSM8K"] == result["accuracy"]["GSM8K"]
+    assert result["centered"]["ARC-Easy"] == pytest.approx((result["accuracy"]["ARC-Easy"] - 0.25) / 0.75)
+    report = (offline / "report" / "chat-evaluation-sft.md").read_text()
+    assert "ChatCORE" in report
+
+    # a model that always answers right gets ChatCORE 1.0 through the same script
+    tasks = {name: build_eval_task(name) for name in ("ARC-Easy", "GSM8K")}
+    oracle = OracleModel(tiny_tokenizer, [t[i] for t in tasks.values() for i in range(16)])
+    monkeypatch.setattr(chat_eval, "load_model", lambda *a, **k: (oracle, tiny_tokenizer, {"step": 5}))
+    perfect = chat_eval.main(["-i", "sft", "-a", "ARC-Easy|GSM8K", "--max_problems=16", "--max_new_tokens=400",
+                              "--device_type=cpu"])
+    assert perfect["ChatCORE"] == 1.0
+
+
+def test_chat_eval_rejects_unknown_tasks(offline):
+    with pytest.raises(SystemExit):
+        chat_eval.main(["-i", "sft", "-a", "ARC-Easy|Nope"])
