@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import get_dist_info
+from nanochat.common import compute_cleanup, get_dist_info, print0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,12 +102,108 @@ def train_step(
     return total / grad_accum_steps, tuple(extra)
 
 
+def train_step_token_normalized(
+    model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    batches: Iterator[tuple],
+    grad_accum_steps: int,
+    autocast: contextlib.AbstractContextManager,
+    loss_fn=None,
+) -> tuple[torch.Tensor, int, tuple]:
+    """
+    One optimizer step whose loss is the sum over every target token of the step (all
+    micro-batches, all ranks) divided by their count: micro-batches with more targets weigh
+    more, and one with none contributes nothing (never NaN). Targets of -1 are ignored.
+    `loss_fn(model, inputs, targets, *extra)` gives a summed loss (default: cross-entropy).
+    Returns the mean loss per target token, the token count, and the last batch's extras.
+    """
+    micro_batches = [next(batches) for _ in range(grad_accum_steps)]
+    device = next(model.parameters()).device
+    num_tokens = torch.tensor(sum(int((b[1] >= 0).sum()) for b in micro_batches), device=device)
+    ddp, _, _, world_size = get_dist_info()
+    if ddp:
+        dist.all_reduce(num_tokens, op=dist.ReduceOp.SUM)
+    # the distributed optimizers average gradients over ranks; scaling by world_size makes that a sum
+    scale = world_size / max(int(num_tokens), 1)
+    total = torch.zeros((), device=device)
+    for inputs, targets, *extra in micro_batches:
+        with autocast:
+            if loss_fn is None:
+                loss_sum = model(inputs, targets, loss_reduction="sum")
+            else:
+                loss_sum = loss_fn(model, inputs, targets, *extra)
+        total += loss_sum.detach()
+        (loss_sum * scale).backward()
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    if ddp:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / max(int(num_tokens), 1), int(num_tokens), tuple(extra)
+
+
+class StepLog:
+    """
+    The loop state a resumed run must continue (smoothed loss, training time, eval history)
+    and the one log line per step: loss, LR multiplier, step time, tok/s, MFU, total time.
+    """
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float = 0.0, peak: float | None = None,
+                 world_size: int = 1, state: dict | None = None, beta: float = 0.9) -> None:
+        self.tokens_per_step, self.flops_per_token, self.peak, self.world_size = tokens_per_step, flops_per_token, peak, world_size
+        self.state = state or {"ema": 0.0, "count": 0, "total_time": 0.0, "evals": {}}
+        self.beta = beta
+        self.steps_this_process = 0
+        self.mfu: float | None = None
+
+    @property
+    def smooth_loss(self) -> float:
+        """The debiased exponential moving average of the training loss."""
+        return self.state["ema"] / (1 - self.beta ** max(self.state["count"], 1))
+
+    def step(self, step: int, num_iterations: int | None, loss: float, dt: float, lrm: float, **extra: float) -> dict:
+        self.state["ema"] = self.beta * self.state["ema"] + (1 - self.beta) * loss
+        self.state["count"] += 1
+        self.steps_this_process += 1
+        if self.steps_this_process > 10:  # the first steps include compilation and warm-up
+            self.state["total_time"] += dt
+        tok_per_s = self.tokens_per_step / dt
+        self.mfu = 100 * self.flops_per_token * tok_per_s / (self.peak * self.world_size) if self.peak else None
+        where = f"{step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%)" if num_iterations else f"{step:05d}"
+        extras = "".join(f" | {k}: {v:.4g}" for k, v in extra.items())
+        print0(f"step {where} | loss: {self.smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt * 1000:.2f}ms | "
+               f"tok/s: {tok_per_s:,.0f} | mfu: {f'{self.mfu:.2f}%' if self.mfu is not None else 'n/a'}"
+               f"{extras} | total time: {self.state['total_time'] / 60:.2f}m")
+        metrics = {"step": step, "train/loss": self.smooth_loss, "train/lrm": lrm, "train/dt": dt, "train/tok_per_s": tok_per_s}
+        if self.mfu is not None:
+            metrics["train/mfu"] = self.mfu
+        return {**metrics, **{f"train/{k}": v for k, v in extra.items()}}
+
+    def eval(self, step: int, name: str, value: float) -> dict:
+        self.state["evals"].setdefault(name, []).append([step, value])
+        print0(f"step {step:05d} | {name}: {value:.4f}")
+        return {"step": step, name: value}
+
+    def history(self, name: str) -> list[list[float]]:
+        return self.state["evals"].get(name, [])
+
+
 def check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"loss is {loss} at step {step}: training stopped and nothing was saved at this step; "
             "the last good checkpoint is intact (resume with --resume and, say, a lower learning rate)"
         )
+
+
+def stop_if_not_finite(loss: float, step: int) -> None:
+    """End the run (exit status 1, nothing saved at this step) on a NaN or infinite loss."""
+    try:
+        check_finite(loss, step)
+    except NonFiniteLossError as e:
+        print0(f"error: {e}")
+        compute_cleanup()
+        sys.exit(1)
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
@@ -166,6 +263,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_training_checkpoint(checkpoint_dir: str, step: int, model: torch.nn.Module,
+                             optimizers: list[torch.optim.Optimizer], meta: dict[str, Any], data_state: Any) -> None:
+    """
+    Everything an exact resume needs: model, every rank's optimizer state, every rank's data
+    position and RNG state (gathered into the meta), plus whatever the script puts in `meta`.
+    """
+    from nanochat.checkpoint_manager import save_checkpoint
+
+    meta = {**meta, "step": step, "data_states": gather_to_all(data_state), "rng_states": gather_to_all(get_rng_state())}
+    save_checkpoint(checkpoint_dir, step, model.state_dict(), [o.state_dict() for o in optimizers], meta,
+                    rank=get_dist_info()[1])
+
+
+def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Module,
+                    optimizers: list[torch.optim.Optimizer], device: torch.device,
+                    expect: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+    """
+    Load what save_training_checkpoint wrote (the latest step when step is None) into model and
+    optimizers; `expect` lists meta values this run must share with the saved one (model
+    config, schedule length...). Returns (step, meta, this rank's data state).
+    """
+    from nanochat.checkpoint_manager import find_last_step, load_checkpoint
+
+    rank = get_dist_info()[1]
+    if step is None:
+        step = find_last_step(checkpoint_dir)
+    model_data, optim_data, meta = load_checkpoint(checkpoint_dir, step, device, load_optimizer=True, rank=rank)
+    differ = {k: (meta.get(k), v) for k, v in expect.items() if meta.get(k) != v}
+    if differ:
+        details = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in differ.items())
+        raise ValueError(f"the checkpoint in {checkpoint_dir} was trained with other settings ({details}); "
+                         "resume with the same flags")
+    if len(meta["data_states"]) != get_dist_info()[3]:
+        raise ValueError(f"the checkpoint was written by {len(meta['data_states'])} ranks; resume with as many")
+    model.load_state_dict(model_data)
+    for opt, state in zip(optimizers, optim_data):
+        opt.load_state_dict(state)
+    set_rng_state(meta["rng_states"][rank])
+    return step, meta, meta["data_states"][rank]
 
 
 def gather_to_all(obj: Any) -> list[Any]:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, find_last_step, load_checkpoint, save_checkpoint
+from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
@@ -24,19 +24,18 @@ from nanochat.loss_eval import evaluate_bpb, sample_completions
 from nanochat.report import get_report
 from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_tokenizer
 from nanochat.training import (
-    NonFiniteLossError,
+    StepLog,
     all_reduce_mean,
     apply_schedule,
     autocast_context,
-    check_finite,
-    gather_to_all,
-    get_rng_state,
+    stop_if_not_finite,
     grad_accum_steps_for,
     lr_multiplier,
     muon_momentum,
     peak_flops,
     resolve_dtype,
-    set_rng_state,
+    resume_training,
+    save_training_checkpoint,
     train_step,
 )
 
@@ -116,22 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
 
-    start_step, loader_state, loop = 0, None, {"smooth_loss": 0.0, "total_time": 0.0, "min_val_bpb": float("inf"), "val_bpb": []}
+    start_step, loader_state, log_state = 0, None, None
+    run_meta = {"model_config": vars(config), "num_iterations": num_iterations}
     if args.resume or args.resume_from_step >= 0:
         try:
-            start_step = args.resume_from_step if args.resume_from_step >= 0 else find_last_step(checkpoint_dir)
-            model_data, optim_data, meta = load_checkpoint(checkpoint_dir, start_step, device, load_optimizer=True, rank=rank)
-        except CheckpointError as e:
+            start_step, meta, loader_state = resume_training(
+                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
+                expect=run_meta)
+        except (CheckpointError, ValueError) as e:
             sys.exit(f"error: cannot resume: {e}")
-        if meta["model_config"] != vars(config) or meta["num_iterations"] != num_iterations:
-            sys.exit(f"error: the checkpoint in {checkpoint_dir} was trained with another model or schedule "
-                     f"({meta['model_config']}, {meta['num_iterations']} steps); resume with the same flags")
-        model.load_state_dict(model_data)
-        for opt, state in zip(optimizers, optim_data):
-            opt.load_state_dict(state)
-        loader_state = meta["loader_states"][rank]
-        set_rng_state(meta["rng_states"][rank])
-        loop = meta["loop_state"]
+        log_state = meta["loop_state"]
         print0(f"resumed from step {start_step} of {checkpoint_dir}")
 
     train_model = torch.compile(model) if args.compile == "on" or (args.compile == "auto" and device_type == "cuda") else model
@@ -139,29 +132,18 @@ def main(argv: list[str] | None = None) -> dict:
                                                                   resume_state=loader_state)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
     tokens_per_step = args.total_batch_size
-    peak = peak_flops(device, args.peak_flops)
+    log = StepLog(tokens_per_step, flops_per_token, peak_flops(device, args.peak_flops), world_size, log_state)
     print0(f"model {model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}")
     print0(f"{num_iterations:,} steps of {tokens_per_step:,} tokens ({grad_accum_steps} micro-batches of {B}×{T} "
            f"on each of {world_size} ranks); {num_iterations * tokens_per_step / num_params:.1f} tokens/param")
 
     def save(step: int, val_bpb: float | None) -> None:
-        loader_states = gather_to_all(loader_state)
-        rng_states = gather_to_all(get_rng_state())
-        meta = {
-            "step": step,
-            "model_config": vars(config),
-            "user_config": vars(args),
-            "num_iterations": num_iterations,
-            "val_bpb": val_bpb,
-            "loader_states": loader_states,
-            "rng_states": rng_states,
-            "loop_state": loop,
-        }
-        save_checkpoint(checkpoint_dir, step, model.state_dict(), [o.state_dict() for o in optimizers], meta, rank=rank)
+        meta = {**run_meta, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
+        save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, loader_state)
         print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
 
     # ---- the loop: step counts finished optimizer steps; the last pass only evaluates and saves ----
-    step, val_bpb, samples, mfu = start_step, None, [], None
+    step, val_bpb, samples = start_step, None, []
     while True:
         last = step == num_iterations
         # a resumed run already evaluated this step before it saved
@@ -170,11 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
             model.eval()
             val_batches = tokenizing_distributed_data_loader(B, T, "val", tokenizer=tokenizer, device=device)
             val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
-            loop["min_val_bpb"] = min(loop["min_val_bpb"], val_bpb)
-            loop["val_bpb"].append([step, val_bpb])
             model.train()
-            print0(f"step {step:05d} | val bpb: {val_bpb:.4f}")
-            wandb_run.log({"step": step, "val/bpb": val_bpb})
+            wandb_run.log(log.eval(step, "val_bpb", val_bpb))
         if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
             samples = sample_completions(model, tokenizer)
             print0("\n".join(f"  sample: {s!r}" for s in samples))
@@ -189,40 +168,22 @@ def main(argv: list[str] | None = None) -> dict:
         loss, (loader_state,) = train_step(train_model, optimizers, train_batches, grad_accum_steps, autocast)
         loss_value = all_reduce_mean(loss).item()  # .item() also waits for the device
         dt = time.perf_counter() - t0
-        try:
-            check_finite(loss_value, step)
-        except NonFiniteLossError as e:
-            print0(f"error: {e}")
-            compute_cleanup()
-            sys.exit(1)
-
-        # debiased EMA of the loss, and time spent training (the first steps include compilation)
-        beta = 0.9
-        loop["smooth_loss"] = beta * loop["smooth_loss"] + (1 - beta) * loss_value
-        smooth = loop["smooth_loss"] / (1 - beta ** (step + 1))
-        if step - start_step > 10:
-            loop["total_time"] += dt
-        tok_per_s = tokens_per_step / dt
-        mfu = 100 * flops_per_token * tok_per_s / (peak * world_size) if peak else None
-        mfu_text = f"{mfu:.2f}%" if mfu is not None else "n/a"
-        print0(f"step {step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%) | loss: {smooth:.6f} | "
-               f"lrm: {lrm:.2f} | dt: {dt * 1000:.2f}ms | tok/s: {tok_per_s:,.0f} | mfu: {mfu_text} | "
-               f"total time: {loop['total_time'] / 60:.2f}m")
-        wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/dt": dt, "train/tok_per_s": tok_per_s,
-                       **({"train/mfu": mfu} if mfu is not None else {})})
+        stop_if_not_finite(loss_value, step)
+        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm))
         step += 1
 
+    val_history = [v for _, v in log.history("val_bpb")]
     results = {
         "num_params": num_params,
         "flops_per_token": flops_per_token,
         "num_iterations": num_iterations,
         "tokens_trained": num_iterations * tokens_per_step,
-        "initial_val_bpb": loop["val_bpb"][0][1],
+        "initial_val_bpb": val_history[0],
         "final_val_bpb": val_bpb,
-        "min_val_bpb": loop["min_val_bpb"],
-        "final_smooth_loss": loop["smooth_loss"] / (1 - 0.9 ** max(num_iterations, 1)),
-        "mfu_percent_last_step": mfu if mfu is not None else "n/a",
-        "training_time_min": loop["total_time"] / 60,
+        "min_val_bpb": min(val_history),
+        "final_smooth_loss": log.smooth_loss,
+        "mfu_percent_last_step": log.mfu if log.mfu is not None else "n/a",
+        "training_time_min": log.state["total_time"] / 60,
     }
     if device_type == "cuda":
         results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20

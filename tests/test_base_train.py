@@ -63,7 +63,7 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup):
     base_train.main(args + ["--resume"])
     _assert_bitwise_equal(_files(ckpt, 8), uninterrupted)
     resumed_meta = json.loads((ckpt / "meta_000008.json").read_text())
-    for key in ("loop_state", "loader_states", "rng_states", "val_bpb"):
+    for key in ("loop_state", "data_states", "rng_states", "val_bpb"):
         if key == "loop_state":  # wall time differs; everything else must not
             resumed_meta[key].pop("total_time"), meta8[key].pop("total_time")
         assert resumed_meta[key] == meta8[key], key
@@ -136,7 +136,7 @@ def test_two_rank_torchrun_training_resumes_bitwise(synthetic_setup):
     ckpt = synthetic_setup / "base_checkpoints" / "ddp"
     assert (ckpt / "optim_000004_rank1.pt").exists()
     meta = json.loads((ckpt / "meta_000004.json").read_text())
-    assert [s["rank"] for s in meta["loader_states"]] == [0, 1]
+    assert [s["rank"] for s in meta["data_states"]] == [0, 1]
     saved = {name: torch.load(ckpt / name) for name in ("model_000004.pt", "optim_000004_rank0.pt", "optim_000004_rank1.pt")}
     for name in ("model_000004.pt", "optim_000004_rank0.pt", "optim_000004_rank1.pt", "meta_000004.json"):
         os.remove(ckpt / name)
