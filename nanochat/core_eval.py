@@ -279,8 +279,9 @@ def fewshot_indices(num_rows: int, index: int, num_fewshot: int) -> list[int]:
     """The rows example `index` shows as few-shot examples: never itself, the same every time."""
     if num_fewshot == 0:
         return []
-    others = [j for j in range(num_rows) if j != index]
-    return random.Random(FEWSHOT_SEED + index).sample(others, num_fewshot)
+    # the same draw as rng.sample([j for j in range(num_rows) if j != index], k), without building that list
+    picks = random.Random(FEWSHOT_SEED + index).sample(range(num_rows - 1), num_fewshot)
+    return [j + (j >= index) for j in picks]
 
 
 def option_pairs(task: TaskSpec, row: dict[str, Any]) -> list[tuple[str, str]]:
@@ -362,8 +363,8 @@ def build_batch(sequences: list[tuple[list[int], int]], pad_id: int, device: tor
 
 def continuation_losses(logits: torch.Tensor, tokens: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
     """Mean cross-entropy (nats) of each row's continuation tokens; token p is predicted at position p - 1."""
-    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T-1)
-    means = [per_token[b, start - 1 : end - 1].double().mean() for b, (start, end) in enumerate(spans)]
+    means = [F.cross_entropy(logits[b, start - 1 : end - 1].float(), tokens[b, start:end], reduction="none").double().mean()
+             for b, (start, end) in enumerate(spans)]
     return torch.stack(means)
 
 
@@ -540,6 +541,16 @@ OFFLINE_TASKS = [
 OFFLINE_ROWS_PER_TASK = 100
 
 
+def _core_yaml(entries: list[dict]) -> str:
+    """core.yaml in the real bundle's layout; JSON-quoted strings are valid YAML double-quoted scalars."""
+    lines = ["icl_tasks:"]
+    for entry in entries:
+        for i, (key, value) in enumerate(entry.items()):
+            plain = isinstance(value, str) and key != "continuation_delimiter"  # labels and paths need no quotes
+            lines.append(f"{'- ' if i == 0 else '  '}{key}: {value if plain else json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
 def _offline_files() -> dict[str, str]:
     """Every file of the twin bundle, relative path -> text; a pure function of the code."""
     files, entries = {}, []
@@ -556,7 +567,7 @@ def _offline_files() -> dict[str, str]:
         entries.append(entry)
         baseline = 100.0 / n_options if n_options else 0.0
         writer.writerow([label, category, task_type, shots, len(rows), baseline, "offline twin from nanochat.synthetic"])
-    files["core.yaml"] = yaml.safe_dump({"icl_tasks": entries}, sort_keys=False, allow_unicode=True)
+    files["core.yaml"] = _core_yaml(entries)
     files["eval_meta_data.csv"] = meta.getvalue()
     return files
 

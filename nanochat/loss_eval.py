@@ -49,6 +49,22 @@ def evaluate_bpb(
     return total_nats.item() / (math.log(2) * total_bytes.item())
 
 
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, batches: Iterator[tuple], steps: int,
+                  autocast: contextlib.AbstractContextManager | None = None) -> float:
+    """Mean cross-entropy per target token (targets of -1 ignored) over `steps` batches and all ranks."""
+    total = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
+    autocast = autocast or contextlib.nullcontext()
+    for _ in range(steps):
+        inputs, targets, *_ = next(batches)
+        with autocast:
+            total[0] += model(inputs, targets, loss_reduction="sum").double()
+        total[1] += (targets >= 0).sum()
+    if get_dist_info()[0]:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return (total[0] / total[1].clamp(min=1)).item()
+
 # prompts a base model should complete sensibly, on real web text and on the synthetic twin
 SAMPLE_PROMPTS = [
     "The capital of France is",

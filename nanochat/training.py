@@ -161,13 +161,15 @@ class StepLog:
         """The debiased exponential moving average of the training loss."""
         return self.state["ema"] / (1 - self.beta ** max(self.state["count"], 1))
 
-    def step(self, step: int, num_iterations: int | None, loss: float, dt: float, lrm: float, **extra: float) -> dict:
+    def step(self, step: int, num_iterations: int | None, loss: float, dt: float, lrm: float,
+             tokens: int | None = None, **extra: float) -> dict:
+        """Record and print one step; `tokens` overrides tokens_per_step when steps vary in size."""
         self.state["ema"] = self.beta * self.state["ema"] + (1 - self.beta) * loss
         self.state["count"] += 1
         self.steps_this_process += 1
         if self.steps_this_process > 10:  # the first steps include compilation and warm-up
             self.state["total_time"] += dt
-        tok_per_s = self.tokens_per_step / dt
+        tok_per_s = (self.tokens_per_step if tokens is None else tokens) / dt
         self.mfu = 100 * self.flops_per_token * tok_per_s / (self.peak * self.world_size) if self.peak else None
         where = f"{step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%)" if num_iterations else f"{step:05d}"
         extras = "".join(f" | {k}: {v:.4g}" for k, v in extra.items())
@@ -179,8 +181,12 @@ class StepLog:
             metrics["train/mfu"] = self.mfu
         return {**metrics, **{f"train/{k}": v for k, v in extra.items()}}
 
-    def eval(self, step: int, name: str, value: float) -> dict:
+    def track(self, step: int, name: str, value: float) -> None:
+        """Keep a metric's history (for the report's curves) without printing it."""
         self.state["evals"].setdefault(name, []).append([step, value])
+
+    def eval(self, step: int, name: str, value: float) -> dict:
+        self.track(step, name, value)
         print0(f"step {step:05d} | {name}: {value:.4f}")
         return {"step": step, name: value}
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from nanochat.checkpoint_manager import SOURCES, CheckpointError, find_largest_model, load_model
-from nanochat.common import autodetect_device_type, compute_init, get_base_dir, logger
+from nanochat.common import autodetect_device_type, compute_init, get_base_dir, setup_default_logging
 from nanochat.engine import Engine
 from nanochat.gpt import GPT
 from nanochat.tokenizer import RustBPETokenizer, TokenizerNotFoundError
@@ -71,13 +71,15 @@ def load_chat_model(args: argparse.Namespace, device: torch.device) -> LoadedMod
     """Load the checkpoint the flags name onto `device`, set up for inference in the asked dtype."""
     model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
     dtype = resolve_dtype(device.type, args.dtype)
-    if device.type == "cpu" and dtype == torch.bfloat16:
+    convert = device.type == "cpu" and dtype == torch.bfloat16
+    if convert:
         # CPU autocast re-casts the fp32 weights at every matmul; converting them once halves
         # the memory each decoding step reads, and decoding is memory-bound
         model.to(torch.bfloat16)
-        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    else:
-        autocast = lambda: autocast_context(device.type, dtype)  # noqa: E731
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if convert else autocast_context(device.type, dtype)
+
     # load_model chose the tag when none was given; it is the deepest one, which we can name
     tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), SOURCES[args.source][0]))
     return LoadedModel(model, tokenizer, meta, f"nanochat-{args.source}-{tag}", device, autocast)
@@ -297,10 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     check_sampling_args(p, args)
 
+    # a chat reads better without "loaded checkpoint ..." lines; set up before compute_init logs
+    setup_default_logging(logging.INFO if args.verbose else logging.WARNING)
     device_type = args.device_type or autodetect_device_type()
     _, _, _, _, device = compute_init(device_type)
-    if not args.verbose:  # a chat reads better without "loaded checkpoint ..." lines
-        logger.setLevel(logging.WARNING)
     loaded = load_or_exit(args, device)
     engine = Engine(loaded.model, loaded.tokenizer)
 

@@ -1,0 +1,177 @@
+"""
+Supervised fine-tuning: each conversation on its own row, the loss only on what the
+assistant writes, normalized per target token across micro-batches and ranks.
+
+    python -m scripts.chat_sft
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_sft -- --run=sft
+
+Starts from mid_checkpoints/ (or --source), saves to chatsft_checkpoints/<model_tag>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.dataloader import sft_loader
+from nanochat.loss_eval import evaluate_loss
+from nanochat.report import get_report
+from nanochat.task_eval import evaluate_categorical
+from nanochat.training import (
+    StepLog,
+    apply_schedule,
+    autocast_context,
+    resolve_dtype,
+    resume_training,
+    save_training_checkpoint,
+    stop_if_not_finite,
+    train_step_token_normalized,
+)
+from tasks.arc import ARC
+from tasks.common import TaskMixture
+from tasks.customjson import CustomJSON, get_identity_conversations
+from tasks.gsm8k import GSM8K
+from tasks.mmlu import MMLU
+from tasks.smoltalk import SmolTalk
+from tasks.spellingbee import SimpleSpelling, SpellingBee
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Supervised fine-tuning on conversations.")
+    p.add_argument("--run", default="dummy")
+    p.add_argument("--device_type", default="")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--source", default="mid", help="the stage to start from: base|mid")
+    p.add_argument("--model_tag", default=None)
+    p.add_argument("--model_step", type=int, default=None)
+    p.add_argument("--device_batch_size", type=int, default=4, help="conversations per forward pass")
+    p.add_argument("--target_examples_per_step", type=int, default=32, help="conversations per step, all ranks")
+    p.add_argument("--num_epochs", type=int, default=1)
+    p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
+    p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
+    p.add_argument("--embedding_lr", type=float, default=0.2)
+    p.add_argument("--unembedding_lr", type=float, default=0.004)
+    p.add_argument("--matrix_lr", type=float, default=0.02)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--init_lr_frac", type=float, default=0.02)
+    p.add_argument("--smoltalk_size", type=int, default=10_000)
+    p.add_argument("--spelling_size", type=int, default=300)
+    p.add_argument("--eval_every", type=int, default=100)
+    p.add_argument("--eval_steps", type=int, default=100)
+    p.add_argument("--eval_metrics_every", type=int, default=200)
+    p.add_argument("--eval_metrics_max_problems", type=int, default=1024)
+    p.add_argument("--save_every", type=int, default=-1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume_from_step", type=int, default=-1)
+    return p.parse_args(argv)
+
+
+def build_datasets(smoltalk_size: int, spelling_size: int) -> tuple[TaskMixture, SmolTalk]:
+    identity = get_identity_conversations()
+    train = TaskMixture([
+        ARC(subset="ARC-Easy", split="train"),
+        ARC(subset="ARC-Challenge", split="train"),
+        GSM8K(subset="main", split="train"),
+        SmolTalk(split="train", stop=smoltalk_size),
+        CustomJSON(identity),
+        SimpleSpelling(size=spelling_size, split="train"),
+        SpellingBee(size=spelling_size, split="train"),
+    ])
+    return train, SmolTalk(split="test")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device_type = args.device_type or autodetect_device_type()
+    ddp, rank, _, world_size, device = compute_init(device_type)
+    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    wandb_run = init_wandb(args.run, "nanochat-sft", vars(args), rank == 0)
+    try:
+        model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    model_tag = args.model_tag or f"d{model.config.n_layer}"
+    checkpoint_dir = checkpoint_dir_for("sft", model_tag)
+    max_len = args.max_seq_len or model.config.sequence_len
+    B = args.device_batch_size
+    examples_per_micro_step = B * world_size
+    if args.target_examples_per_step % examples_per_micro_step:
+        sys.exit(f"error: --target_examples_per_step={args.target_examples_per_step} is not a multiple of "
+                 f"device_batch_size × world_size = {examples_per_micro_step}")
+    grad_accum_steps = args.target_examples_per_step // examples_per_micro_step
+
+    train_set, val_set = build_datasets(args.smoltalk_size, args.spelling_size)
+    num_iterations = args.num_iterations
+    if num_iterations <= 0:
+        num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
+    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+
+    start_step, data_state, log_state = 0, None, None
+    run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
+    if args.resume or args.resume_from_step >= 0:
+        try:
+            start_step, meta, data_state = resume_training(
+                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
+                expect=run_meta)
+        except (CheckpointError, ValueError) as e:
+            sys.exit(f"error: cannot resume: {e}")
+        log_state = meta["loop_state"]
+        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+    print0(f"SFT of {model_tag} from {args.source}: {len(train_set):,} conversations, {num_iterations} steps of "
+           f"{args.target_examples_per_step} ({grad_accum_steps} micro-batches of {B} per rank)")
+
+    batches = sft_loader(train_set, tokenizer, B, max_len, device, loop=True, resume_state=data_state)
+    log = StepLog(0, world_size=world_size, state=log_state)
+    metric_tasks = {"MMLU": MMLU(subset="all", split="test"), "ARC-Easy": ARC(subset="ARC-Easy", split="test")}
+
+    step, val_loss, metrics = start_step, None, {}
+    while True:
+        last = step == num_iterations
+        fresh = not step == start_step > 0  # a resumed run evaluated this step before saving
+        if (last or (args.eval_every > 0 and step % args.eval_every == 0)) and fresh:
+            model.eval()
+            val_batches = sft_loader(val_set, tokenizer, B, max_len, device, loop=True)
+            val_loss = evaluate_loss(model, val_batches, args.eval_steps, autocast)
+            model.train()
+            wandb_run.log(log.eval(step, "val_loss", val_loss))
+        if (last or (args.eval_metrics_every > 0 and step % args.eval_metrics_every == 0)) and fresh:
+            model.eval()
+            with autocast:
+                for name, task in metric_tasks.items():
+                    metrics[name] = evaluate_categorical(task, model, tokenizer, batch_size=B * 2,
+                                                         max_problems=args.eval_metrics_max_problems)
+                    wandb_run.log(log.eval(step, f"{name}_acc", metrics[name]))
+            model.train()
+        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
+            meta = {**run_meta, "user_config": vars(args), "val_loss": val_loss, "loop_state": log.state}
+            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state)
+            print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
+        if last:
+            break
+
+        lrm = 1.0 - step / num_iterations  # linear to zero
+        apply_schedule(optimizers, lrm)
+        t0 = time.perf_counter()
+        loss, num_tokens, (data_state,) = train_step_token_normalized(model, optimizers, batches, grad_accum_steps, autocast)
+        loss_value = loss.item()
+        dt = time.perf_counter() - t0
+        stop_if_not_finite(loss_value, step)
+        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm, tokens=num_tokens))  # tok/s counts target tokens
+        step += 1
+
+    results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
+               "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
+    get_report().log(section="Chat SFT", data=[vars(args), results])
+    wandb_run.finish()
+    compute_cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,682 @@
+"""
+Serve a chat model over HTTP: a single-page chat UI and an OpenAI-compatible API.
+
+    python -m scripts.chat_web -i sft                    # http://127.0.0.1:8000
+    python -m scripts.chat_web -i sft --num_gpus=8 --host=0.0.0.0
+
+Endpoints:
+    GET  /                     the chat UI (nanochat/ui.html; nothing loaded from outside the machine)
+    POST /chat/completions     the UI's endpoint: {"messages", "temperature"?, "top_k"?, "max_tokens"?, "seed"?}
+                               → server-sent events `data: {"token": "..."}` ..., then `data: {"done": true, ...}`
+    POST /v1/chat/completions  OpenAI-compatible, streaming (`"stream": true`) or not
+    GET  /v1/models            the one model served, e.g. nanochat-sft-d20
+    GET  /health               {"status": "ok", "ready": true, "workers": N}
+    GET  /stats                workers total/busy, requests, tokens generated, uptime
+
+Every bad request gets a 4xx JSON error {"error": {"message", "type", "param"}} saying what is
+wrong. The OpenAI endpoint ignores `top_p` (sampling is temperature plus top-k; `top_k` is
+an extension), ignores `model` (it is echoed back) and fields it does not know, and refuses
+`n` other than 1 and `stop` sequences. A system message (or OpenAI's "developer") is merged
+into the first user message, as the tokenizer renders it.
+
+Workers: one model replica per GPU (one on CPU or MPS). A request waits for a free worker,
+which generates in its own thread (torch releases the GIL in its kernels) and hands each
+piece of text to the event loop. A client that goes away, while queued or mid-reply, stops
+its generation at the next token, and the worker is free again as soon as its thread stops.
+
+Replies are text: tool calls show inline as `[python: 3*4+1 → 13]` (see chat_cli). An
+assistant message sent back in a later turn is taken as plain text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.resources
+import json
+import math
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nanochat.common import autodetect_device_type, compute_init, logger
+from nanochat.engine import Engine
+from scripts.chat_cli import LoadedModel, Reply, add_model_args, check_sampling_args, load_or_exit, prompt_for, stream_reply
+
+GENERATION_PATHS = ("/chat/completions", "/v1/chat/completions")
+ROLES = ("system", "user", "assistant")
+MAX_TEMPERATURE = 2.0
+MAX_TOP_K = 200
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+
+
+# ---- request validation ----
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's defaults and limits (from the flags)."""
+
+    temperature: float
+    top_k: int
+    max_tokens: int
+    max_messages: int
+    max_message_chars: int
+    max_conversation_chars: int
+    max_max_tokens: int
+
+    @property
+    def max_body_bytes(self) -> int:
+        # JSON escapes can make a character six bytes (\uXXXX); anything larger cannot pass the limits
+        return 6 * self.max_conversation_chars + 256 * self.max_messages + 65536
+
+
+class BadRequest(Exception):
+    """A request we refuse, with a message for the person who sent it."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, str]]  # roles checked, content joined into a str
+    temperature: float
+    top_k: int | None  # None: no top-k
+    max_tokens: int
+    seed: int
+    stream: bool = False
+    model: str | None = None
+    include_usage: bool = False
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value)
+    return f"{text[:40]}..." if len(text) > 40 else text
+
+
+def _number(body: dict, name: str, default: Any, lo: float, hi: float, integer: bool, what: str) -> Any:
+    """An optional numeric field, checked for type and range; absent or null means the default."""
+    value = body.get(name)
+    if value is None:
+        return default
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
+        kind = "an integer" if integer else "a number"
+        raise BadRequest(f"'{name}' must be {kind} {what}, got {_describe(value)} ({json_type(value)})", name)
+    if not lo <= value <= hi:
+        raise BadRequest(f"'{name}' must be {what}, got {value}", name)
+    return value
+
+
+def _content(message: dict, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of {"type": "text", "text": ...} parts joined by newlines."""
+    if "content" not in message:
+        raise BadRequest(f"{where} has no 'content'", where)
+    content = message["content"]
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            here = f"{where}.content[{j}]"
+            if not isinstance(part, dict):
+                raise BadRequest(f"{here} must be an object like {{\"type\": \"text\", \"text\": \"...\"}}, got {json_type(part)}", here)
+            if part.get("type") != "text":
+                raise BadRequest(f"{here} has type {_describe(part.get('type'))}; only \"text\" parts are supported", here)
+            if not isinstance(part.get("text"), str):
+                raise BadRequest(f"{here}.text must be a string, got {json_type(part.get('text'))}", here)
+            texts.append(part["text"])
+        content = "\n".join(texts)
+    elif not isinstance(content, str):
+        raise BadRequest(f"{where}.content must be a string or a list of text parts, got {json_type(content)}", f"{where}.content")
+    if not content.strip():
+        raise BadRequest(f"{where}.content is empty", f"{where}.content")
+    return content
+
+
+def parse_messages(raw: Any, settings: Settings) -> list[dict[str, str]]:
+    """Check a conversation for generation: an optional system message, then user/assistant turns ending with user."""
+    if raw is None:
+        raise BadRequest("'messages' is required: a list of {\"role\": ..., \"content\": ...} objects", "messages")
+    if not isinstance(raw, list):
+        raise BadRequest(f"'messages' must be an array of messages, got {json_type(raw)}", "messages")
+    if not raw:
+        raise BadRequest("'messages' is empty; send at least one user message", "messages")
+    if len(raw) > settings.max_messages:
+        raise BadRequest(f"too many messages: {len(raw)} (the limit is {settings.max_messages}); start a new conversation", "messages")
+    messages, total = [], 0
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise BadRequest(f"{where} must be an object with 'role' and 'content', got {json_type(m)}", where)
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise BadRequest(f"{where} has no 'role'" if role is None else f"{where}.role must be a string, got {json_type(role)}", f"{where}.role")
+        role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
+        if role not in ROLES:
+            raise BadRequest(f"{where}.role is {_describe(role)}; it must be one of \"system\", \"user\", \"assistant\"", f"{where}.role")
+        content = _content(m, where)
+        if len(content) > settings.max_message_chars:
+            raise BadRequest(f"{where}.content is {len(content)} characters; the limit is {settings.max_message_chars}", f"{where}.content")
+        total += len(content)
+        messages.append({"role": role, "content": content})
+    if total > settings.max_conversation_chars:
+        raise BadRequest(f"the conversation is {total} characters; the limit is {settings.max_conversation_chars} "
+                         "(start a new conversation or shorten it)", "messages")
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    offset = len(messages) - len(turns)
+    if not turns:
+        raise BadRequest("the conversation has only a system message; add a user message after it", "messages")
+    for j, m in enumerate(turns):
+        expected = "user" if j % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            i = j + offset
+            if m["role"] == "system":
+                raise BadRequest(f"messages[{i}] is a system message; only the first message may be one", f"messages[{i}].role")
+            raise BadRequest(f"messages[{i}] has role \"{m['role']}\" where \"{expected}\" was expected: after an optional "
+                             "system message, user and assistant messages must alternate, starting with user", f"messages[{i}].role")
+    if turns[-1]["role"] != "user":
+        raise BadRequest("the last message is the assistant's; the conversation must end with a user message to reply to", "messages")
+    return messages
+
+
+def parse_chat_request(body: Any, settings: Settings, openai: bool) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, got {json_type(body)}")
+    messages = parse_messages(body.get("messages"), settings)
+    temperature = _number(body, "temperature", settings.temperature, 0.0, MAX_TEMPERATURE, False, f"from 0 to {MAX_TEMPERATURE:g}")
+    top_k = _number(body, "top_k", settings.top_k, 0, MAX_TOP_K, True, f"from 1 to {MAX_TOP_K} (0: no top-k)")
+    max_tokens = _number(body, "max_tokens", settings.max_tokens, 1, settings.max_max_tokens, True,
+                         f"from 1 to {settings.max_max_tokens}")
+    seed = _number(body, "seed", None, 0, 2**63 - 1, True, "from 0 to 2^63-1")
+    chat = ChatRequest(messages, float(temperature), top_k or None, max_tokens,
+                       secrets.randbits(63) if seed is None else seed)  # no seed: a fresh one, so regenerating differs
+    if not openai:
+        return chat
+    # OpenAI's newer name for max_tokens wins when both are given
+    chat.max_tokens = _number(body, "max_completion_tokens", chat.max_tokens, 1, settings.max_max_tokens, True,
+                              f"from 1 to {settings.max_max_tokens}")
+    _number(body, "top_p", None, 0.0, 1.0, False, "from 0 to 1 (it is accepted and ignored)")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise BadRequest(f"'n' must be 1 (one choice per request), got {_describe(n)}", "n")
+    if body.get("stop") not in (None, [], ""):
+        raise BadRequest("'stop' sequences are not supported; the model stops at the end of its turn", "stop")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest(f"'stream' must be true or false, got {_describe(stream)}", "stream")
+    chat.stream = bool(stream)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f"'model' must be a string, got {json_type(model)}", "model")
+    chat.model = model
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise BadRequest(f"'stream_options' must be an object, got {json_type(options)}", "stream_options")
+        chat.include_usage = bool(options.get("include_usage"))
+    return chat
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing an oversized body before reading all of it."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits", status=413)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a JSON object like {\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8 text") from None
+
+
+# ---- workers and generation ----
+
+
+@dataclass
+class Worker:
+    index: int
+    loaded: LoadedModel
+    engine: Engine
+
+
+class WorkerPool:
+    """Free workers wait in a queue; a request takes one, generates, and puts it back."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        self.free: asyncio.Queue[Worker] = asyncio.Queue()
+        for w in workers:
+            self.free.put_nowait(w)
+        # one thread per worker, so a generation never waits for a thread
+        self.executor = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="generate")
+        self.waiting = 0  # requests queued for a worker
+
+    @property
+    def busy(self) -> int:
+        return len(self.workers) - self.free.qsize()
+
+    async def acquire(self, request: Request) -> Worker | None:
+        """The next free worker, or None when the client went away while it waited."""
+        getter = asyncio.ensure_future(self.free.get())
+        self.waiting += 1
+        handed_over = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=0.25)
+                if done:
+                    handed_over = True
+                    return getter.result()
+                if await request.is_disconnected():
+                    return None
+        finally:
+            self.waiting -= 1
+            if not handed_over:  # cancelled or disconnected: never lose a worker taken at the last moment
+                if getter.done() and not getter.cancelled():
+                    self.free.put_nowait(getter.result())
+                else:
+                    getter.cancel()
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    completed: int = 0
+    cancelled: int = 0  # the client left before the reply was done
+    failed: int = 0
+    rejected: int = 0  # 4xx
+    prompt_tokens: int = 0
+    tokens_generated: int = 0
+
+
+class ClientGone(Exception):
+    pass
+
+
+class GenerationFailed(Exception):
+    pass
+
+
+class ServerState:
+    def __init__(self, workers: list[Worker], settings: Settings, model_name: str) -> None:
+        self.pool = WorkerPool(workers)
+        self.settings = settings
+        self.model_name = model_name
+        self.tokenizer = workers[0].loaded.tokenizer
+        self.context = workers[0].loaded.model.cos.size(1)  # the most tokens the engine can hold
+        self.stats = Stats()
+        self.stopping = threading.Event()  # set at shutdown: every generation stops at its next token
+
+    def job_finished(self, worker: Worker, reply: Reply) -> None:
+        """Called on the event loop when a worker's thread has stopped: the worker is free again."""
+        self.stats.tokens_generated += reply.completion_tokens
+        self.pool.free.put_nowait(worker)
+
+
+class Generation:
+    """One request's reply: waits for a worker, streams its text, stops it if the client leaves, logs one line."""
+
+    def __init__(self, state: ServerState, request: Request, chat: ChatRequest, prompt: list[int]) -> None:
+        self.state, self.request, self.chat, self.prompt = state, request, chat, prompt
+        self.reply = Reply()
+        self.outcome = "disconnected"  # until it finishes or fails
+        self.started = time.perf_counter()
+        self.queued_s = 0.0
+        self.worker: Worker | None = None
+
+    def _start_thread(self, worker: Worker, events: asyncio.Queue, cancel: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        state, chat, reply = self.state, self.chat, self.reply
+
+        def post(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the server is shutting down
+                pass
+
+        def work() -> None:
+            pieces = stream_reply(worker.engine, self.prompt, reply, chat.max_tokens, chat.temperature, chat.top_k, chat.seed)
+            try:
+                with worker.loaded.autocast():
+                    for piece in pieces:
+                        if cancel.is_set() or state.stopping.is_set():
+                            return
+                        if piece:
+                            post(("text", piece))
+                post(("done", None))
+            except Exception as e:  # reported to the client; the worker goes on serving
+                logger.exception("generation failed on worker %d", worker.index)
+                post(("error", f"{type(e).__name__}: {e}"))
+            finally:
+                pieces.close()
+                try:
+                    loop.call_soon_threadsafe(state.job_finished, worker, reply)
+                except RuntimeError:
+                    pass
+
+        loop.run_in_executor(state.pool.executor, work)
+
+    async def run(self) -> AsyncIterator[str]:
+        """The reply's text pieces. Raises GenerationFailed; ends early (quietly) if the client leaves."""
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+        try:
+            self.worker = await self.state.pool.acquire(self.request)
+            self.queued_s = time.perf_counter() - self.started
+            if self.worker is None:
+                return
+            self._start_thread(self.worker, events, cancel)
+            while True:
+                kind, value = await events.get()
+                if kind == "done":
+                    self.outcome = "ok"
+                    return
+                if kind == "error":
+                    self.outcome = "failed"
+                    raise GenerationFailed(value)
+                yield value
+                if await self.request.is_disconnected():
+                    return
+        finally:
+            # no awaiting here: this also runs when the stream is cancelled because the client left
+            cancel.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        stats = self.state.stats
+        if self.outcome == "ok":
+            stats.completed += 1
+        elif self.outcome == "failed":
+            stats.failed += 1
+        else:
+            stats.cancelled += 1
+        stats.prompt_tokens += len(self.prompt)
+        seconds = time.perf_counter() - self.started
+        status = {"ok": 200, "failed": 500, "disconnected": 499}[self.outcome]
+        n = self.reply.completion_tokens
+        rate = n / max(seconds - self.queued_s, 1e-9)
+        what = f"finish={self.reply.finish_reason}" if self.outcome == "ok" else self.outcome
+        logger.info("%s %s %d %s prompt=%d completion=%d %s %.2fs (queued %.2fs, %.1f tok/s) worker=%s",
+                    self.request.method, self.request.url.path, status, "stream" if self.chat.stream else "-",
+                    len(self.prompt), n, what, seconds, self.queued_s, rate,
+                    self.worker.index if self.worker else "-")
+
+    def summary(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        return {
+            "finish_reason": self.reply.finish_reason,
+            "prompt_tokens": len(self.prompt),
+            "completion_tokens": self.reply.completion_tokens,
+            "seconds": round(seconds, 3),
+            "tokens_per_second": round(self.reply.completion_tokens / max(seconds - self.queued_s, 1e-9), 1),
+        }
+
+
+def sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+# ---- the app ----
+
+
+class RequestLog:
+    """One log line per request; a generation that got under way logs its own line, with its tokens, when it ends."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if not (scope["path"] in GENERATION_PATHS and status == 200):
+                error = scope.get("nanochat.error")
+                logger.info("%s %s %d %.3fs%s", scope["method"], scope["path"], status, time.perf_counter() - started,
+                            f": {error}" if error else "")
+
+
+def create_app(workers: list[Worker], settings: Settings, model_name: str) -> FastAPI:
+    state_holder: dict[str, ServerState] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the worker queue belongs to the server's event loop, so it is made here
+        state_holder["state"] = ServerState(workers, settings, model_name)
+        yield
+        state_holder["state"].stopping.set()
+        state_holder["state"].pool.executor.shutdown(wait=True)
+
+    app = FastAPI(title="nanochat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestLog)
+    ui_html = importlib.resources.files("nanochat").joinpath("ui.html").read_text(encoding="utf-8")
+
+    def state() -> ServerState:
+        return state_holder["state"]
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
+        state().stats.rejected += 1
+        request.scope["nanochat.error"] = e.message  # for the request's log line
+        return JSONResponse(error_body(e.message, param=e.param), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        # FastAPI's default is a 422 with pydantic's raw error list; say it in a sentence instead
+        problems = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body') or 'body'}: {err.get('msg')}"
+                             for err in e.errors())
+        state().stats.rejected += 1
+        return JSONResponse(error_body(f"invalid request: {problems}"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path} (see GET /v1/models, POST /v1/chat/completions)"
+        elif e.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(e.detail)
+        return JSONResponse(error_body(message, "not_found" if e.status_code == 404 else "invalid_request_error"),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    async def prepare(request: Request, openai: bool) -> tuple[ChatRequest, list[int]]:
+        s = state()
+        chat = parse_chat_request(await read_json(request, s.settings.max_body_bytes), s.settings, openai)
+        prompt = prompt_for(s.tokenizer, chat.messages)
+        if len(prompt) >= s.context:
+            raise BadRequest(f"the conversation is {len(prompt)} tokens, but the model's context holds {s.context}; "
+                             "shorten it or start a new conversation", "messages")
+        return chat, prompt
+
+    @app.get("/")
+    async def index() -> HTMLResponse:
+        return HTMLResponse(ui_html)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "ready": True, "workers": len(state().pool.workers)}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        s = state()
+        return {
+            "model": s.model_name,
+            "workers": {"total": len(s.pool.workers), "busy": s.pool.busy, "waiting": s.pool.waiting},
+            "requests": {"completed": s.stats.completed, "cancelled": s.stats.cancelled, "failed": s.stats.failed,
+                         "rejected": s.stats.rejected},
+            "prompt_tokens": s.stats.prompt_tokens,
+            "tokens_generated": s.stats.tokens_generated,
+            "uptime_seconds": round(time.time() - s.stats.started, 1),
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        s = state()
+        return {"object": "list", "data": [{"id": s.model_name, "object": "model", "created": int(s.stats.started),
+                                            "owned_by": "nanochat"}]}
+
+    @app.post("/chat/completions")
+    async def ui_chat(request: Request) -> Response:
+        chat, prompt = await prepare(request, openai=False)
+        chat.stream = True
+        gen = Generation(state(), request, chat, prompt)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for piece in gen.run():
+                    yield sse({"token": piece})
+            except GenerationFailed as e:
+                yield sse({"error": f"generation failed: {e}"})
+                return
+            if gen.outcome == "ok":
+                yield sse({"done": True, **gen.summary()})
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @app.post("/v1/chat/completions")
+    async def openai_chat(request: Request) -> Response:
+        chat, prompt = await prepare(request, openai=True)
+        gen = Generation(state(), request, chat, prompt)
+        completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        model = chat.model or state().model_name
+
+        def usage() -> dict[str, int]:
+            n = gen.reply.completion_tokens
+            return {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
+
+        if chat.stream:
+            def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+                return sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
+
+            async def events() -> AsyncIterator[bytes]:
+                yield chunk({"role": "assistant", "content": ""})
+                try:
+                    async for piece in gen.run():
+                        yield chunk({"content": piece})
+                except GenerationFailed as e:
+                    yield sse(error_body(f"generation failed: {e}", "server_error"))
+                    return
+                if gen.outcome != "ok":
+                    return
+                yield chunk({}, gen.reply.finish_reason)
+                if chat.include_usage:
+                    yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                               "choices": [], "usage": usage()})
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+        pieces = []
+        try:
+            async for piece in gen.run():
+                pieces.append(piece)
+        except GenerationFailed as e:
+            return JSONResponse(error_body(f"generation failed: {e}", "server_error"), status_code=500)
+        if gen.outcome != "ok":  # the client left; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+                         "logprobs": None, "finish_reason": gen.reply.finish_reason}],
+            "usage": usage(),
+        })
+
+    return app
+
+
+# ---- the command line ----
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Serve a nanochat model: a chat UI at / and an OpenAI-compatible API at /v1.")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 exposes the server (which has no authentication) to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--num_gpus", type=int, default=1, help="model replicas, one per GPU; requests go to the next free one (CPU: one)")
+    p.add_argument("--max_messages", type=int, default=500, help="most messages in a conversation")
+    p.add_argument("--max_message_chars", type=int, default=8000, help="most characters in one message")
+    p.add_argument("--max_conversation_chars", type=int, default=32000, help="most characters in a whole conversation")
+    p.add_argument("--max_max_tokens", type=int, default=4096, help="the largest max_tokens a request may ask for")
+    args = p.parse_args(argv)
+    check_sampling_args(p, args)
+    if args.temperature > MAX_TEMPERATURE or args.top_k > MAX_TOP_K:
+        p.error(f"--temperature must be at most {MAX_TEMPERATURE:g} and --top_k at most {MAX_TOP_K}")
+    if args.max_tokens > args.max_max_tokens:
+        p.error(f"--max_tokens ({args.max_tokens}) is over --max_max_tokens ({args.max_max_tokens})")
+    for name in ("max_messages", "max_message_chars", "max_conversation_chars", "max_max_tokens", "num_gpus"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+
+    device_type = args.device_type or autodetect_device_type()
+    _, _, _, _, device = compute_init(device_type)
+    if device_type == "cuda":
+        if args.num_gpus > torch.cuda.device_count():
+            p.error(f"--num_gpus={args.num_gpus} but torch sees {torch.cuda.device_count()} CUDA devices")
+        devices = [torch.device("cuda", i) for i in range(args.num_gpus)]
+    else:
+        if args.num_gpus > 1:
+            logger.warning("--num_gpus=%d ignored on %s: one worker", args.num_gpus, device_type)
+        devices = [device]
+    workers = []
+    for i, d in enumerate(devices):
+        loaded = load_or_exit(args, d)
+        workers.append(Worker(i, loaded, Engine(loaded.model, loaded.tokenizer)))
+    settings = Settings(args.temperature, args.top_k, args.max_tokens, args.max_messages, args.max_message_chars,
+                        args.max_conversation_chars, args.max_max_tokens)
+    app = create_app(workers, settings, workers[0].loaded.name)
+    logger.info("serving %s with %d worker(s) at http://%s:%d", workers[0].loaded.name, len(workers), args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""
+Mid-training: teach the base model the chat format, special tokens, tool calls and multiple
+choice, by training on whole rendered conversations packed into full rows.
+
+    python -m scripts.mid_train
+    torchrun --standalone --nproc_per_node=8 -m scripts.mid_train -- --device_batch_size=16 --run=mid
+
+Starts from base_checkpoints/, saves to mid_checkpoints/<model_tag>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.dataloader import packed_conversation_loader
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.report import get_report
+from nanochat.tokenizer import get_token_bytes
+from nanochat.training import (
+    StepLog,
+    all_reduce_mean,
+    apply_schedule,
+    autocast_context,
+    grad_accum_steps_for,
+    lr_multiplier,
+    resolve_dtype,
+    resume_training,
+    save_training_checkpoint,
+    stop_if_not_finite,
+    train_step,
+)
+from tasks.common import TaskMixture
+from tasks.customjson import CustomJSON, get_identity_conversations
+from tasks.gsm8k import GSM8K
+from tasks.mmlu import MMLU
+from tasks.smoltalk import SmolTalk
+from tasks.spellingbee import SimpleSpelling, SpellingBee
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Mid-train a base model on conversations.")
+    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
+    p.add_argument("--device_type", default="")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--source", default="base", help="the stage to start from")
+    p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
+    p.add_argument("--model_step", type=int, default=None)
+    p.add_argument("--max_seq_len", type=int, default=0, help="row length (0: the model's sequence length)")
+    p.add_argument("--device_batch_size", type=int, default=32)
+    p.add_argument("--total_batch_size", type=int, default=524288)
+    p.add_argument("--num_iterations", type=int, default=-1, help="-1: one pass over the mixture")
+    p.add_argument("--embedding_lr", type=float, default=0.2)
+    p.add_argument("--unembedding_lr", type=float, default=0.004)
+    p.add_argument("--matrix_lr", type=float, default=0.02)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--init_lr_frac", type=float, default=1.0)
+    p.add_argument("--spelling_size", type=int, default=200_000, help="SimpleSpelling examples (SpellingBee gets 40%%)")
+    p.add_argument("--eval_every", type=int, default=150)
+    p.add_argument("--eval_tokens", type=int, default=20 * 524288)
+    p.add_argument("--save_every", type=int, default=-1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume_from_step", type=int, default=-1)
+    return p.parse_args(argv)
+
+
+def build_mixtures(spelling_size: int) -> tuple[TaskMixture, TaskMixture]:
+    identity = get_identity_conversations()
+    train = TaskMixture([
+        SmolTalk(split="train"),
+        MMLU(subset="auxiliary_train", split="train"),
+        GSM8K(subset="main", split="train"),
+        CustomJSON(identity),
+        CustomJSON(identity),  # twice: the model should know who it is
+        SimpleSpelling(size=spelling_size, split="train"),
+        SpellingBee(size=int(0.4 * spelling_size), split="train"),
+    ])
+    val = TaskMixture([SmolTalk(split="test"), MMLU(subset="all", split="test", stop=5200),
+                       GSM8K(subset="main", split="test", stop=420)])
+    return train, val
+
+
+def lr_for_progress(step: int, num_iterations: int, progress: float) -> float:
+    """Constant, then linear to zero over the last 20%: of the steps if counted, else of the data."""
+    if num_iterations > 0:
+        return lr_multiplier(step, num_iterations, warmdown_ratio=0.2)
+    return 1.0 if progress < 0.8 else max(0.0, 1 - (progress - 0.8) / 0.2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device_type = args.device_type or autodetect_device_type()
+    ddp, rank, _, world_size, device = compute_init(device_type)
+    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    wandb_run = init_wandb(args.run, "nanochat-mid", vars(args), rank == 0)
+    try:
+        model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    model_tag = args.model_tag or f"d{model.config.n_layer}"
+    checkpoint_dir = checkpoint_dir_for("mid", model_tag)
+    T = args.max_seq_len or model.config.sequence_len
+    B = args.device_batch_size
+    grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
+    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+
+    start_step, data_state, log_state = 0, None, None
+    run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": source_meta["step"]}
+    if args.resume or args.resume_from_step >= 0:
+        try:
+            start_step, meta, data_state = resume_training(
+                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
+                expect={k: v for k, v in run_meta.items() if k != "source_step"})
+        except (CheckpointError, ValueError) as e:
+            sys.exit(f"error: cannot resume: {e}")
+        log_state = meta["loop_state"]
+        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+
+    train_set, val_set = build_mixtures(args.spelling_size)
+    print0(f"mid-training {model_tag} on {len(train_set):,} conversations, rows of {T} tokens, "
+           f"{grad_accum_steps} micro-batches of {B} per rank per step")
+    train_model = torch.compile(model) if args.compile == "on" or (args.compile == "auto" and device_type == "cuda") else model
+    batches = packed_conversation_loader(train_set, tokenizer, B, T, device, loop=args.num_iterations > 0,
+                                         resume_state=data_state)
+    token_bytes = get_token_bytes(device)
+    eval_steps = max(1, args.eval_tokens // (B * T * world_size))
+    log = StepLog(args.total_batch_size, model.estimate_flops(), None, world_size, log_state)
+
+    step, val_bpb, exhausted = start_step, None, False
+    progress = 0.0 if data_state is None else data_state["progress"]
+    while True:
+        last = exhausted or step == args.num_iterations
+        if last or (args.eval_every > 0 and step % args.eval_every == 0 and not step == start_step > 0):
+            model.eval()
+            val_batches = packed_conversation_loader(val_set, tokenizer, B, T, device, loop=True)
+            val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
+            model.train()
+            wandb_run.log(log.eval(step, "val_bpb", val_bpb))
+        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
+            meta = {**run_meta, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
+            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state)
+            print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
+        if last:
+            break
+
+        lrm = lr_for_progress(step, args.num_iterations, progress)
+        apply_schedule(optimizers, lrm)
+        t0 = time.perf_counter()
+        try:
+            loss, (data_state,) = train_step(train_model, optimizers, batches, grad_accum_steps, autocast)
+        except StopIteration:  # one pass over the data is done; a partial step is dropped
+            model.zero_grad(set_to_none=True)
+            exhausted = True
+            continue
+        loss_value = all_reduce_mean(loss).item()
+        dt = time.perf_counter() - t0
+        stop_if_not_finite(loss_value, step)
+        progress = data_state["progress"]
+        wandb_run.log(log.step(step, args.num_iterations if args.num_iterations > 0 else None, loss_value, dt, lrm,
+                               progress=progress))
+        step += 1
+
+    val_history = [v for _, v in log.history("val_bpb")]
+    results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
+               "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
+    get_report().log(section="Midtraining", data=[vars(args), results])
+    wandb_run.finish()
+    compute_cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()
