@@ -99,7 +99,7 @@ def _refuse_incomplete(bundle_dir: str) -> None:
 
 
 def _stream_to_file(url: str, path: str, timeout_s: float) -> None:
-    with open(path, "xb") as f, requests.get(url, stream=True, timeout=timeout_s) as r:
+    with open(path, "wb") as f, requests.get(url, stream=True, timeout=timeout_s) as r:
         r.raise_for_status()
         expected = r.headers.get("Content-Length")
         written = 0

@@ -17,10 +17,28 @@ import os
 import sys
 from typing import Any
 
-from nanochat.checkpoint_manager import (SOURCES, CheckpointError, checkpoint_dir_for, find_largest_model,
-                                         find_last_step, load_model)
-from nanochat.common import atomic_write, autodetect_device_type, compute_cleanup, compute_init, get_base_dir, print0
-from nanochat.core_eval import EvalBundleError, evaluate_core, get_eval_bundle_dir, load_tasks
+from nanochat.checkpoint_manager import (
+    SOURCES,
+    CheckpointError,
+    checkpoint_dir_for,
+    find_largest_model,
+    find_last_step,
+    load_model,
+)
+from nanochat.common import (
+    atomic_write,
+    autodetect_device_type,
+    compute_cleanup,
+    compute_init,
+    get_base_dir,
+    print0,
+)
+from nanochat.core_eval import (
+    EvalBundleError,
+    evaluate_core,
+    get_eval_bundle_dir,
+    load_tasks,
+)
 from nanochat.report import get_report
 from nanochat.tokenizer import TokenizerNotFoundError
 from nanochat.training import autocast_context, resolve_dtype

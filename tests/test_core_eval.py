@@ -11,7 +11,6 @@ import random
 import socket
 import threading
 import zipfile
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -203,7 +202,7 @@ def test_continuation_span_decodes_to_the_continuation(tiny_tokenizer, context, 
 
 
 def test_merge_across_the_boundary_falls_back_to_separate_encoding(tiny_tokenizer):
-    syllables = "ka lo mi ne ru sa ti vo ba de fi gu".split()
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "gu"]
     merged = [(a, b) for a in syllables for b in syllables
               if tiny_tokenizer.encode(a + b)[: len(tiny_tokenizer.encode(a))] != tiny_tokenizer.encode(a)]
     assert merged, "the tiny tokenizer should merge some syllable pair across the boundary"
