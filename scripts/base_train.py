@@ -18,6 +18,7 @@ import torch
 
 from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
 from nanochat.loss_eval import evaluate_bpb, sample_completions
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # evaluation, sampling, saving
     p.add_argument("--eval_every", type=int, default=250, help="val bpb every N steps (-1: only at the end)")
     p.add_argument("--eval_tokens", type=int, default=20 * 524288)
+    p.add_argument("--core_metric_every", type=int, default=2000, help="CORE every N steps and at the end (-1: never)")
+    p.add_argument("--core_metric_max_per_task", type=int, default=500, help="examples per CORE task")
     p.add_argument("--sample_every", type=int, default=2000, help="samples every N steps (-1: only at the end)")
     p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--model_tag", default="", help="checkpoint folder name (default d<depth>)")
@@ -142,8 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, loader_state)
         print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
 
+    core_tasks = load_tasks(get_eval_bundle_dir()) if args.core_metric_every > 0 else None
     # ---- the loop: step counts finished optimizer steps; the last pass only evaluates and saves ----
-    step, val_bpb, samples = start_step, None, []
+    step, val_bpb, samples, core = start_step, None, [], None
     while True:
         last = step == num_iterations
         # a resumed run already evaluated this step before it saved
@@ -154,6 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
             val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
             model.train()
             wandb_run.log(log.eval(step, "val_bpb", val_bpb))
+        if core_tasks and (last or step % args.core_metric_every == 0) and not evaluated_before:
+            with autocast:  # the uncompiled model: every example has its own length
+                core = evaluate_core(model, tokenizer, device, tasks=core_tasks, max_per_task=args.core_metric_max_per_task)
+            wandb_run.log(log.eval(step, "core_metric", core["core"]))
         if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
             samples = sample_completions(model, tokenizer)
             print0("\n".join(f"  sample: {s!r}" for s in samples))
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "final_val_bpb": val_bpb,
         "min_val_bpb": min(val_history),
         "final_smooth_loss": log.smooth_loss,
+        "core_metric": core["core"] if core else "n/a",
         "mfu_percent_last_step": log.mfu if log.mfu is not None else "n/a",
         "training_time_min": log.state["total_time"] / 60,
     }

@@ -247,9 +247,11 @@ def print_reply(loaded: LoadedModel, engine: Engine, messages: list[dict[str, An
                 reply: Reply) -> None:
     """Stream the next reply to stdout; `reply` is filled in even when Ctrl-C cuts it short."""
     seed = args.seed if args.seed is not None else secrets.randbits(31)
-    with loaded.autocast():
-        for piece in stream_reply(engine, prompt_for(loaded.tokenizer, messages), reply, args.max_tokens,
-                                  args.temperature, args.top_k, seed):
+    pieces = stream_reply(engine, prompt_for(loaded.tokenizer, messages), reply, args.max_tokens, args.temperature,
+                          args.top_k, seed)
+    # closing() stops the engine and fills in `reply` right away, also when Ctrl-C interrupts
+    with loaded.autocast(), contextlib.closing(pieces):
+        for piece in pieces:
             print(piece, end="", flush=True)
     print()
 

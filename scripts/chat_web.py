@@ -369,6 +369,8 @@ class Generation:
                 pass
 
         def work() -> None:
+            if worker.loaded.device.type == "cuda":  # the current CUDA device is per thread
+                torch.cuda.set_device(worker.loaded.device)
             pieces = stream_reply(worker.engine, self.prompt, reply, chat.max_tokens, chat.temperature, chat.top_k, chat.seed)
             try:
                 with worker.loaded.autocast():

@@ -17,7 +17,7 @@ from nanochat.tokenizer import get_tokenizer_dir, train_tokenizer
 from scripts import base_loss, base_train
 
 TINY = ["--depth=1", "--max_seq_len=32", "--device_batch_size=4", "--total_batch_size=256", "--eval_tokens=512",
-        "--sample_every=-1", "--device_type=cpu"]
+        "--sample_every=-1", "--core_metric_every=-1", "--device_type=cpu"]
 
 
 @pytest.fixture
@@ -72,7 +72,9 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup):
 def test_training_lowers_val_bpb_well_below_its_start(synthetic_setup):
     results = base_train.main(["--depth=2", "--max_seq_len=64", "--device_batch_size=8", "--total_batch_size=512",
                                "--num_iterations=60", "--eval_every=60", "--eval_tokens=2048", "--sample_every=-1",
-                               "--device_type=cpu", "--model_tag=learn"])
+                               "--core_metric_every=60", "--core_metric_max_per_task=8", "--device_type=cpu",
+                               "--model_tag=learn"])
+    assert -1.0 <= results["core_metric"] <= 1.0
     assert results["final_val_bpb"] < 0.75 * results["initial_val_bpb"], results
     report = (synthetic_setup / "report" / "base-model-training.md").read_text()
     assert "final_val_bpb" in report
