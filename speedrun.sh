@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The whole pipeline, from a fresh machine.
+# The whole pipeline, from a fresh machine: tokenizer → base → mid → SFT → RL → evaluations → report.md.
 #
 # With CUDA GPUs: the d20 speedrun on real data (FineWeb-Edu), NPROC_PER_NODE GPUs (default 8).
 # With no GPU: a tiny profile on the offline synthetic twin that goes through every stage in
-# minutes on a laptop CPU, in its own base dir so it never overwrites a real run.
+# about 15 minutes on 2 CPU cores, in its own base dir so it never touches a real run.
 #
 #   bash speedrun.sh                      # auto-detects GPU or CPU
 #   NANOCHAT_PROFILE=cpu bash speedrun.sh # force the CPU profile
-#   WANDB_RUN=myrun bash speedrun.sh      # log to wandb (GPU profile)
+#   WANDB_RUN=myrun bash speedrun.sh      # log to wandb
+#
+# Re-running after an interruption resumes: finished stages are skipped (a marker per stage in
+# $NANOCHAT_BASE_DIR/speedrun/), and a training stage with checkpoints continues from its last one.
+# A stage that fails stops the script with its error. NANOCHAT_FRESH=1 starts over.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_venv.sh
@@ -19,41 +23,94 @@ if [ -z "${NANOCHAT_PROFILE:-}" ]; then
         NANOCHAT_PROFILE=cpu
     fi
 fi
-echo "speedrun profile: $NANOCHAT_PROFILE"
-
 if [ "$NANOCHAT_PROFILE" = "gpu" ]; then
     export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
     export NANOCHAT_DATASET=fineweb
-    export OMP_NUM_THREADS=1
-    python -m nanochat.report reset
-    # ~2B chars for the tokenizer come from the first 8 shards (~250M chars each); the rest
-    # of what pretraining needs downloads in the background while the tokenizer trains
-    python -m nanochat.dataset -n 8
-    python -m nanochat.dataset -n 240 > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
-    DATASET_DOWNLOAD_PID=$!
-    python -m scripts.tok_train --max_chars=2000000000 --vocab_size=65536
-    python -m scripts.tok_eval
-    echo "waiting for the pretraining shards to finish downloading (log: $NANOCHAT_BASE_DIR/download.log)"
-    wait "$DATASET_DOWNLOAD_PID"
-    NPROC_PER_NODE=${NPROC_PER_NODE:-8}
-    WANDB_RUN=${WANDB_RUN:-dummy}
-    # d20: 561M parameters, 20 tokens per parameter (~11B tokens)
-    torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" -m scripts.base_train -- --depth=20 --run="$WANDB_RUN"
-    torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" -m scripts.base_loss
 else
     export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat-cpu}
     export NANOCHAT_DATASET=synthetic
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$( [ "$NANOCHAT_PROFILE" = "gpu" ] && echo 1 || nproc )}
+WANDB_RUN=${WANDB_RUN:-dummy}
+MARKERS="$NANOCHAT_BASE_DIR/speedrun"
+if [ "${NANOCHAT_FRESH:-0}" = "1" ]; then rm -rf "$MARKERS"; fi
+mkdir -p "$MARKERS"
+echo "speedrun profile: $NANOCHAT_PROFILE, base dir $NANOCHAT_BASE_DIR"
+
+# stage NAME COMMAND...: run COMMAND unless NAME finished before; mark it finished when it succeeds
+stage() {
+    local name=$1
+    shift
+    if [ -f "$MARKERS/$name.done" ]; then
+        echo "== $name: done in an earlier run, skipped"
+        return
+    fi
+    echo "== $name"
+    "$@"
+    touch "$MARKERS/$name.done"
+}
+
+# resume_flag DIR: --resume when DIR (a stage's checkpoint folder) already holds a checkpoint
+resume_flag() {
+    if compgen -G "$1/meta_*.json" > /dev/null; then echo "--resume"; fi
+}
+
+if [ ! -f "$MARKERS/report-reset.done" ]; then
     python -m nanochat.report reset
-    python -m nanochat.dataset -n 8  # the offline twin: 7 train shards + 1 val, ~4M chars
-    python -m scripts.tok_train --vocab_size=4096 --max_chars=20000000
-    python -m scripts.tok_eval
-    # a 4-layer model (~4M parameters) on ~0.6M tokens: a few minutes on 2 cores
-    python -m scripts.base_train --depth=4 --max_seq_len=256 --device_batch_size=16 --total_batch_size=4096 \
-        --num_iterations=150 --eval_every=50 --eval_tokens=65536 --sample_every=-1
-    python -m scripts.base_loss --device_batch_size=16 --split_tokens=65536
+    touch "$MARKERS/report-reset.done"
+fi
+
+if [ "$NANOCHAT_PROFILE" = "gpu" ]; then
+    NPROC_PER_NODE=${NPROC_PER_NODE:-8}
+    run() { torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" -m "$@"; }
+    # ~2B chars for the tokenizer come from the first 8 shards (~250M chars each); the rest of
+    # what d20 needs (20 tokens per parameter) downloads in the background while it trains
+    stage data-8 python -m nanochat.dataset -n 8
+    python -m nanochat.dataset -n 240 > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
+    DOWNLOAD_PID=$!
+    stage tok_train python -m scripts.tok_train --max_chars=2000000000 --vocab_size=65536
+    stage tok_eval python -m scripts.tok_eval
+    echo "waiting for the pretraining shards (log: $NANOCHAT_BASE_DIR/download.log)"
+    wait "$DOWNLOAD_PID"
+    CK="$NANOCHAT_BASE_DIR"
+    stage base_train run scripts.base_train -- --depth=20 --run="$WANDB_RUN" --save_every=1000 \
+        $(resume_flag "$CK/base_checkpoints/d20")
+    stage base_loss run scripts.base_loss
+    stage base_eval run scripts.base_eval
+    stage mid_train run scripts.mid_train -- --run="$WANDB_RUN" --save_every=200 $(resume_flag "$CK/mid_checkpoints/d20")
+    stage chat_eval_mid run scripts.chat_eval -- -i mid
+    stage chat_sft run scripts.chat_sft -- --run="$WANDB_RUN" --save_every=200 $(resume_flag "$CK/chatsft_checkpoints/d20")
+    stage chat_eval_sft run scripts.chat_eval -- -i sft
+    stage chat_rl run scripts.chat_rl -- --run="$WANDB_RUN" $(resume_flag "$CK/chatrl_checkpoints/d20")
+    stage chat_eval_rl run scripts.chat_eval -- -i rl -a GSM8K
+else
+    CK="$NANOCHAT_BASE_DIR"
+    # the offline twin: 7 train shards + 1 val, ~4M chars of templated text
+    stage data python -m nanochat.dataset -n 8
+    stage tok_train python -m scripts.tok_train --vocab_size=4096 --max_chars=20000000
+    stage tok_eval python -m scripts.tok_eval
+    # a 4-layer model (~4M parameters) on ~0.5M tokens
+    stage base_train python -m scripts.base_train --depth=4 --max_seq_len=256 --device_batch_size=16 \
+        --total_batch_size=4096 --num_iterations=120 --eval_every=40 --eval_tokens=32768 --sample_every=-1 \
+        --core_metric_every=-1 --save_every=40 $(resume_flag "$CK/base_checkpoints/d4")
+    stage base_loss python -m scripts.base_loss --device_batch_size=16 --split_tokens=32768
+    stage base_eval python -m scripts.base_eval --max_per_task=50
+    stage mid_train python -m scripts.mid_train --device_batch_size=16 --total_batch_size=4096 --num_iterations=100 \
+        --eval_every=50 --eval_tokens=16384 --spelling_size=4000 --save_every=50 $(resume_flag "$CK/mid_checkpoints/d4")
+    EVAL="--max_problems=100 --max_new_tokens=160 --batch_size=16"
+    stage chat_eval_mid python -m scripts.chat_eval -i mid $EVAL
+    stage chat_sft python -m scripts.chat_sft --device_batch_size=8 --target_examples_per_step=32 \
+        --num_iterations=60 --init_lr_frac=0.1 --smoltalk_size=2000 --spelling_size=500 --eval_every=30 \
+        --eval_steps=8 --eval_metrics_every=60 --eval_metrics_max_problems=128 --save_every=30 \
+        $(resume_flag "$CK/chatsft_checkpoints/d4")
+    stage chat_eval_sft python -m scripts.chat_eval -i sft $EVAL
+    stage chat_rl python -m scripts.chat_rl --num_samples=8 --device_batch_size=8 --examples_per_step=4 \
+        --max_new_tokens=128 --num_iterations=30 --init_lr_frac=0.05 --eval_every=15 --eval_examples=48 \
+        --save_every=15 $(resume_flag "$CK/chatrl_checkpoints/d4")
+    stage chat_eval_rl python -m scripts.chat_eval -i rl -a GSM8K $EVAL
 fi
 
 python -m nanochat.report generate
 echo
-echo "Tokenizer, data and base model are in $NANOCHAT_BASE_DIR; report.md has the numbers."
-echo "Next stages (mid_train, chat_sft, chat_rl, chat_eval) are not in this repository yet."
+echo "Done. report.md (here and in $NANOCHAT_BASE_DIR/report/) has every stage's numbers."
+echo "Chat with the model: python -m scripts.chat_cli -i sft   or   python -m scripts.chat_web -i sft"

@@ -178,7 +178,8 @@ def parse_messages(raw: Any, settings: Settings) -> list[dict[str, str]]:
             raise BadRequest(f"{where} must be an object with 'role' and 'content', got {json_type(m)}", where)
         role = m.get("role")
         if not isinstance(role, str):
-            raise BadRequest(f"{where} has no 'role'" if role is None else f"{where}.role must be a string, got {json_type(role)}", f"{where}.role")
+            problem = f"{where} has no 'role'" if role is None else f"{where}.role must be a string, got {json_type(role)}"
+            raise BadRequest(problem, f"{where}.role")
         role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
         if role not in ROLES:
             raise BadRequest(f"{where}.role is {_describe(role)}; it must be one of \"system\", \"user\", \"assistant\"", f"{where}.role")
@@ -321,10 +322,6 @@ class Stats:
     rejected: int = 0  # 4xx
     prompt_tokens: int = 0
     tokens_generated: int = 0
-
-
-class ClientGone(Exception):
-    pass
 
 
 class GenerationFailed(Exception):

@@ -47,7 +47,7 @@ def write_chat_checkpoint(tokenizer, model_tag: str = "d1", sequence_len: int = 
 
 def run_cli(base_dir: Path, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}
-    return subprocess.run([sys.executable, "-m", "scripts.chat_cli", *args], cwd=ROOT, env=env, input=stdin,
+    return subprocess.run([sys.executable, "-m", "scripts.chat_cli", *args], cwd=ROOT, env=env, input=stdin, check=False,
                           capture_output=True, text=True, timeout=timeout)
 
 

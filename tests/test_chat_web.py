@@ -26,7 +26,7 @@ import pytest
 from test_chat_cli import ROOT, write_chat_checkpoint  # the same tiny checkpoint the CLI tests use
 
 CHROMIUM = "/usr/bin/chromium"
-MAX_MESSAGES, MAX_MESSAGE_CHARS, MAX_CONVERSATION_CHARS, MAX_MAX_TOKENS = 8, 200, 600, 2400
+MAX_MESSAGES, MAX_MESSAGE_CHARS, MAX_CONVERSATION_CHARS, MAX_MAX_TOKENS = 8, 200, 600, 8000
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Server:
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/stats").json()
 
-    def client(self) -> "openai.OpenAI":
+    def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=60)
 
 
@@ -53,7 +53,8 @@ def server(tiny_tokenizer, tmp_path_factory) -> Server:
     base = tmp_path_factory.mktemp("chat_web")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOCHAT_BASE_DIR", str(base))
-        write_chat_checkpoint(tiny_tokenizer)
+        # a long context, so a reply of MAX_MAX_TOKENS tokens takes seconds even on a fast CPU
+        write_chat_checkpoint(tiny_tokenizer, sequence_len=1024)
     port = free_port()
     log = base / "server.log"
     cmd = [sys.executable, "-m", "scripts.chat_web", "-i", "sft", "--device_type", "cpu", "--port", str(port),
@@ -107,7 +108,7 @@ def sse_events(lines) -> list:
 def test_openai_client_non_streaming_and_streaming_agree(server):
     client = server.client()
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "the cat sat on"}]
-    settings = dict(model="whatever-name", messages=messages, temperature=0, max_tokens=12, seed=5)
+    settings = {"model": "whatever-name", "messages": messages, "temperature": 0, "max_tokens": 12, "seed": 5}
     r = client.chat.completions.create(**settings)
     text = r.choices[0].message.content
     assert isinstance(text, str) and text
@@ -397,7 +398,7 @@ def test_ui_in_headless_chromium(server, tmp_path):
 
             page.click("#new")
             expect(page.locator(".msg")).to_have_count(0)
-            assert all(u.startswith(server.url) or u.startswith("data:") for u in requests), requests
+            assert all(u.startswith((server.url, "data:")) for u in requests), requests
         finally:
             browser.close()
 
@@ -405,6 +406,38 @@ def test_ui_in_headless_chromium(server, tmp_path):
 def test_missing_checkpoint_exits_with_one_clear_line(tmp_path):
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "scripts.chat_web", "-i", "rl", "--device_type", "cpu", "--port", "1"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                            check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "chatrl_checkpoints" in result.stderr
+
+
+def test_conversation_over_the_models_context_is_refused(tiny_tokenizer):
+    """In-process (no subprocess needed): a model whose context is 40 tokens."""
+    import contextlib
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from nanochat.engine import Engine
+    from nanochat.gpt import GPT, GPTConfig
+    from scripts.chat_cli import LoadedModel
+    from scripts.chat_web import Settings, Worker, create_app
+
+    model = GPT(GPTConfig(sequence_len=4, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
+    model.init_weights()  # a zero head: uniform logits, so greedy decoding never picks a stop token
+    context = model.cos.size(1)
+    loaded = LoadedModel(model, tiny_tokenizer, {}, "nanochat-tiny", torch.device("cpu"), contextlib.nullcontext)
+    settings = Settings(temperature=0.0, top_k=50, max_tokens=8, max_messages=10, max_message_chars=1000,
+                        max_conversation_chars=1000, max_max_tokens=100)
+    with TestClient(create_app([Worker(0, loaded, Engine(model, tiny_tokenizer))], settings, "nanochat-tiny")) as client:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "0123456789" * 10}]})
+        assert r.status_code == 400
+        assert f"but the model's context holds {context}; shorten it or start a new conversation" in r.json()["error"]["message"]
+        # a reply that would run past the context is cut there, and says so
+        messages = [{"role": "user", "content": "hi"}]
+        r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 100})
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        assert usage["prompt_tokens"] == prompt_length(tiny_tokenizer, messages)
+        assert usage["completion_tokens"] == context - usage["prompt_tokens"]
+        assert r.json()["choices"][0]["finish_reason"] == "length"
