@@ -166,6 +166,7 @@ class StepLog:
         """Record and print one step; `tokens` overrides tokens_per_step when steps vary in size."""
         self.state["ema"] = self.beta * self.state["ema"] + (1 - self.beta) * loss
         self.state["count"] += 1
+        self.track(step, "train_loss", self.smooth_loss)  # the report's loss curve
         self.steps_this_process += 1
         if self.steps_this_process > 10:  # the first steps include compilation and warm-up
             self.state["total_time"] += dt

@@ -91,3 +91,25 @@ def test_chat_eval_end_to_end(offline, tiny_tokenizer, monkeypatch):
 def test_chat_eval_rejects_unknown_tasks(offline):
     with pytest.raises(SystemExit):
         chat_eval.main(["-i", "sft", "-a", "ARC-Easy|Nope"])
+
+
+@pytest.mark.slow
+def test_chat_eval_under_torchrun_matches_one_process(offline, tiny_tokenizer):
+    import os
+    import subprocess
+    import sys
+
+    tiny_tokenizer.save(get_tokenizer_dir())
+    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
+    save_checkpoint(checkpoint_dir_for("sft", "d1"), 5, model.state_dict(), None,
+                    {"model_config": vars(model.config), "step": 5})
+    args = ["-i", "sft", "-a", "ARC-Easy|SpellingBee", "--max_problems=12", "--max_new_tokens=8", "--device_type=cpu"]
+    single = chat_eval.main(args)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "scripts.chat_eval", "--", *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name, accuracy in single["accuracy"].items():
+        assert f"{name}: accuracy {100 * accuracy:.2f}%" in proc.stdout
