@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -100,7 +99,7 @@ def _read_json(path: str) -> dict | None:
 
 def format_duration(seconds: float) -> str:
     """hh:mm:ss (hours keep counting past 24)."""
-    total = max(0, int(round(seconds)))
+    total = max(0, round(seconds))
     return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
@@ -144,7 +143,7 @@ def _cpu_model() -> str:
         pass
     if sys.platform == "darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5, check=False)
             if out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -169,7 +168,7 @@ def hardware_info() -> dict[str, Any]:
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)
                 gpus.append({"name": props.name, "memory_bytes": props.total_memory})
-    except Exception:  # a broken driver must not stop the run from starting
+    except RuntimeError:  # a broken driver must not stop the run from starting
         gpus = []
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "ram_bytes": _ram_bytes(),
             "gpu_count": len(gpus), "gpus": gpus}
@@ -193,7 +192,7 @@ def dataset_info() -> dict[str, Any]:
         except OSError:
             pass
     return {"name": name, "folder": os.path.relpath(data_dir, get_base_dir()), "num_shards": len(shards),
-            "size_bytes": size}
+            "size_bytes": size, "folder_exists": os.path.isdir(data_dir)}
 
 
 def _summarize_gpus(gpus: list[dict[str, Any]]) -> str:
@@ -213,6 +212,8 @@ def _header_markdown(h: dict[str, Any]) -> str:
         data = f"unknown ({ds['error']})"
     else:
         data = f"{ds['name']}: {ds['num_shards']} shard(s), {_format_bytes(ds['size_bytes'])} in $NANOCHAT_BASE_DIR/{ds['folder']}"
+        if not ds.get("folder_exists", True):
+            data += " (folder absent)"
     lines = [
         f"- Run started: {h['started']}",
         f"- Git commit: {commit}",
@@ -256,7 +257,9 @@ def plot_curves(title: str, curves: dict[str, Any], path: str) -> bool:
             groups.setdefault(_curve_group(str(name)), {})[str(name)] = clean
     if not groups:
         return False
-    from matplotlib.figure import Figure  # the object API renders with Agg and touches no global backend
+    # the object API (no pyplot) renders PNGs with Agg and touches no global backend
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     n = len(groups)
     cols = 1 if n == 1 else 2
@@ -269,7 +272,8 @@ def plot_curves(title: str, curves: dict[str, Any], path: str) -> bool:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o" if len(points) <= 20 else None, markersize=3, label=name)
         ax.set_xlabel("step")
-        ax.set_ylabel(group)
+        ax.set_ylabel(group if len(series) > 1 else next(iter(series)))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend()
@@ -376,14 +380,16 @@ class Report:
         back at the PNGs here). Returns the path of report.md.
         """
         names = self._sections()
-        records = {n: r for n in names if (r := _read_json(self._path(n, "json"))) is not None}
+        records: dict[str, dict] = {}
+        for name in names:
+            record = _read_json(self._path(name, "json"))
+            if record is not None:
+                records[name] = record
         header = records.get("header") or {}
         plots: list[str] = []
         plot_error = None
         parts = ["# nanochat training report\n\n",
                  f"Generated: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}\n\n"]
-        if "header" not in names:
-            parts.append("(no header: run `python -m nanochat.report reset` when a run starts)\n\n")
         for name in names:
             with open(self._path(name, "md"), encoding="utf-8") as f:
                 text = f.read()

@@ -313,6 +313,33 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
     return step, meta, meta["data_states"][rank]
 
 
+def resume_if_asked(args: Any, checkpoint_dir: str, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+                    device: torch.device, expect: dict[str, Any]) -> tuple[int, Any, dict | None]:
+    """
+    The --resume / --resume_from_step flags every training script takes: (start step, data
+    state, step-log state), all empty for a fresh run. A checkpoint that cannot be resumed
+    ends the run with one line saying why.
+    """
+    if not args.resume and args.resume_from_step < 0:
+        return 0, None, None
+    from nanochat.checkpoint_manager import CheckpointError
+
+    try:
+        step, meta, data_state = resume_training(checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None,
+                                                 model, optimizers, device, expect)
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"error: cannot resume: {e}")
+    print0(f"resumed from step {step} of {checkpoint_dir}")
+    return step, data_state, meta["loop_state"]
+
+
+def scale_learning_rates(optimizers: list[torch.optim.Optimizer], frac: float) -> None:
+    """Start a fine-tuning stage at a fraction of the pretraining learning rates."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"] = group["lr"] * frac
+
+
 def gather_to_all(obj: Any) -> list[Any]:
     """Every rank's obj, in rank order (a one-element list without torchrun)."""
     ddp, _, _, world_size = get_dist_info()

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for
+from nanochat.checkpoint_manager import checkpoint_dir_for
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
 from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
@@ -35,7 +35,7 @@ from nanochat.training import (
     muon_momentum,
     peak_flops,
     resolve_dtype,
-    resume_training,
+    resume_if_asked,
     save_training_checkpoint,
     train_step,
 )
@@ -118,17 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
 
-    start_step, loader_state, log_state = 0, None, None
     run_meta = {"model_config": vars(config), "num_iterations": num_iterations}
-    if args.resume or args.resume_from_step >= 0:
-        try:
-            start_step, meta, loader_state = resume_training(
-                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
-                expect=run_meta)
-        except (CheckpointError, ValueError) as e:
-            sys.exit(f"error: cannot resume: {e}")
-        log_state = meta["loop_state"]
-        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+    start_step, loader_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
 
     train_model = torch.compile(model) if args.compile == "on" or (args.compile == "auto" and device_type == "cuda") else model
     train_batches = tokenizing_distributed_data_loader_with_state(B, T, "train", tokenizer=tokenizer, device=device,
@@ -196,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if device_type == "cuda":
         results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    get_report().log(section="Base model training", data=[vars(args), results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)])
+    get_report().log(section="Base model training", data=[vars(args), results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

@@ -27,8 +27,9 @@ from nanochat.training import (
     apply_schedule,
     autocast_context,
     resolve_dtype,
-    resume_training,
+    resume_if_asked,
     save_training_checkpoint,
+    scale_learning_rates,
     stop_if_not_finite,
     train_step_token_normalized,
 )
@@ -137,21 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
     if num_iterations <= 0:
         num_iterations = len(train_task) // args.examples_per_step * args.num_epochs
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+    scale_learning_rates(optimizers, args.init_lr_frac)
 
-    start_step, log_state = 0, None
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
-    if args.resume or args.resume_from_step >= 0:
-        try:
-            start_step, meta, _ = resume_training(
-                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
-                expect=run_meta)
-        except (CheckpointError, ValueError) as e:
-            sys.exit(f"error: cannot resume: {e}")
-        log_state = meta["loop_state"]
-        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+    start_step, _, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
     print0(f"RL of {model_tag} from {args.source}: {num_iterations} steps of {args.examples_per_step} problems × "
            f"{args.num_samples} samples")
 
@@ -211,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": num_iterations, **{f"pass@{k}": v for k, v in pass_at_k.items()},
                "mean_reward_first_step": log.history("reward")[0][1] if log.history("reward") else None,
                "mean_reward_last_step": log.history("reward")[-1][1] if log.history("reward") else None, "training_time_min": log.state["total_time"] / 60}
-    get_report().log(section="Chat RL", data=[vars(args), results])
+    get_report().log(section="Chat RL", data=[vars(args), results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

@@ -25,8 +25,9 @@ from nanochat.training import (
     apply_schedule,
     autocast_context,
     resolve_dtype,
-    resume_training,
+    resume_if_asked,
     save_training_checkpoint,
+    scale_learning_rates,
     stop_if_not_finite,
     train_step_token_normalized,
 )
@@ -108,21 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+    scale_learning_rates(optimizers, args.init_lr_frac)
 
-    start_step, data_state, log_state = 0, None, None
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
-    if args.resume or args.resume_from_step >= 0:
-        try:
-            start_step, meta, data_state = resume_training(
-                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
-                expect=run_meta)
-        except (CheckpointError, ValueError) as e:
-            sys.exit(f"error: cannot resume: {e}")
-        log_state = meta["loop_state"]
-        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+    start_step, data_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
     print0(f"SFT of {model_tag} from {args.source}: {len(train_set):,} conversations, {num_iterations} steps of "
            f"{args.target_examples_per_step} ({grad_accum_steps} micro-batches of {B} per rank)")
 
@@ -167,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
-    get_report().log(section="Chat SFT", data=[vars(args), results])
+    get_report().log(section="Chat SFT", data=[vars(args), results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

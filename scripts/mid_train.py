@@ -30,8 +30,9 @@ from nanochat.training import (
     grad_accum_steps_for,
     lr_multiplier,
     resolve_dtype,
-    resume_training,
+    resume_if_asked,
     save_training_checkpoint,
+    scale_learning_rates,
     stop_if_not_finite,
     train_step,
 )
@@ -109,21 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     B = args.device_batch_size
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+    scale_learning_rates(optimizers, args.init_lr_frac)
 
-    start_step, data_state, log_state = 0, None, None
     run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": source_meta["step"]}
-    if args.resume or args.resume_from_step >= 0:
-        try:
-            start_step, meta, data_state = resume_training(
-                checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None, model, optimizers, device,
-                expect={k: v for k, v in run_meta.items() if k != "source_step"})
-        except (CheckpointError, ValueError) as e:
-            sys.exit(f"error: cannot resume: {e}")
-        log_state = meta["loop_state"]
-        print0(f"resumed from step {start_step} of {checkpoint_dir}")
+    start_step, data_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, {k: v for k, v in run_meta.items() if k != "source_step"})
 
     train_set, val_set = build_mixtures(args.spelling_size)
     print0(f"mid-training {model_tag} on {len(train_set):,} conversations, rows of {T} tokens, "
@@ -172,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_history = [v for _, v in log.history("val_bpb")]
     results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
-    get_report().log(section="Midtraining", data=[vars(args), results])
+    get_report().log(section="Midtraining", data=[vars(args), results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

@@ -396,6 +396,18 @@ def test_ui_in_headless_chromium(server, tmp_path):
             expect(replies).to_have_count(1)
             page.screenshot(path=str(tmp_path / "ui.png"))
 
+            # Stop (the send button while busy) ends a long reply and frees the server's worker
+            page.click("#settings summary")
+            page.fill("#max_tokens", str(MAX_MAX_TOKENS))
+            page.fill("#input", "a long one")
+            page.press("#input", "Enter")
+            expect(replies.last).not_to_have_text("", timeout=30_000)
+            expect(page.locator("#send")).to_have_text("Stop")
+            page.click("#send")
+            expect(page.locator("body")).to_have_attribute("data-busy", "false")
+            expect(page.locator(".msg.assistant .meta").last).to_contain_text("stopped")
+            wait_for(lambda: server.stats()["workers"]["busy"] == 0, "the stopped reply's worker to be free")
+
             page.click("#new")
             expect(page.locator(".msg")).to_have_count(0)
             assert all(u.startswith((server.url, "data:")) for u in requests), requests

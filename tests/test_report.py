@@ -1,0 +1,193 @@
+"""The run report: header, sections in pipeline order, the summary table, wall time, plots, copies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanochat import report as report_mod
+from nanochat.report import Report, get_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_table(markdown: str) -> dict[str, dict[str, str]]:
+    """The summary table as {metric: {column: cell}}."""
+    summary = markdown.split("## Summary", 1)[1]
+    rows = [line for line in summary.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    table = {}
+    for line in rows[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = dict(zip(header[1:], cells[1:]))
+    return table
+
+
+SFT_ACC = {"ARC-Easy": 0.41234, "ARC-Challenge": 0.30001, "MMLU": 0.27777, "GSM8K": 0.05, "HumanEval": 0.0625,
+           "SpellingBee": 0.9, "ChatCORE": 0.123456}
+RL_ACC = {"GSM8K": 0.0875, "ChatCORE": 0.2}
+
+
+def log_pipeline(report: Report) -> None:
+    """Sections in a scrambled order, as concurrent or re-run stages could leave them."""
+    report.log("Chat evaluation rl", [{"source": "rl", "max_problems": 8}, dict(RL_ACC)])
+    report.log("Chat RL", [{"num_iterations": 3}, {"pass@1": 0.1}],
+               curves={"train_loss": [[0, 0.5], [1, 0.4], [2, 0.3]], "reward": [[0, 0.1], [1, 0.2], [2, 0.25]],
+                       "pass@1": [[0, 0.05], [3, 0.1]], "pass@2": [[0, 0.08], [3, 0.15]]})
+    report.log("Chat evaluation sft", [{"source": "sft"}, dict(SFT_ACC)])
+    report.log("Base model evaluation", [{"model_tag": "d2", "CORE metric": 0.21875}, "```\ntable\n```"])
+    report.log("Tokenizer training", [{"vocab_size": 512}])
+    report.log("Base model training", [{"depth": 2}, {"final_val_bpb": 1.5}, "Samples:\n\n- 'x'"],
+               curves={"val_bpb": [[0, 3.0], [5, 2.0], [10, 1.5]], "train_loss": [[i, 5 - 0.1 * i] for i in range(10)]})
+    report.log("Chat SFT", [{"num_iterations": 4}], curves={"val_loss": [[0, 2.0], [4, 1.5]], "MMLU_acc": [[4, 0.25]]})
+    report.log("My extra stage", ["a note"])
+
+
+def test_header_has_versions_git_and_dataset(base_dir):
+    report = Report(str(base_dir / "report"))
+    (base_dir / "report" / "stale.md").write_text("## Stale\n")
+    (base_dir / "report" / "stale.png").write_bytes(b"x")
+    shard_dir = base_dir / "base_data"
+    shard_dir.mkdir()
+    for i in range(3):
+        (shard_dir / f"shard_{i:05d}.parquet").write_bytes(b"0" * 1000)
+    report.reset()
+    names = sorted(os.listdir(base_dir / "report"))
+    assert names == ["header.json", "header.md"]
+    text = (base_dir / "report" / "header.md").read_text()
+    assert f"torch: {torch.__version__}" in text
+    expected = report_mod.git_info()["commit"]
+    assert expected == "unknown" or re.fullmatch(r"[0-9a-f]{4,40}", expected)
+    assert f"Git commit: {expected}" in text
+    assert "fineweb: 3 shard(s), 2.9 KiB" in text
+    assert "GPUs: " in text and "CPU: " in text
+    header = json.loads((base_dir / "report" / "header.json").read_text())
+    assert header["start_time"] > 0 and header["dataset"]["num_shards"] == 3
+
+
+def test_git_info_outside_a_checkout_is_unknown(tmp_path):
+    assert report_mod.git_info(str(tmp_path)) == {"commit": "unknown", "dirty": None}
+
+
+def test_generate_orders_sections_fills_table_and_draws_plots(base_dir, tmp_path):
+    report = Report(str(base_dir / "report"))
+    report.reset()
+    log_pipeline(report)
+    out_dir = tmp_path / "cwd"
+    out_dir.mkdir()
+    path = report.generate(copy_to=str(out_dir))
+    assert path == str(base_dir / "report" / "report.md")
+    text = Path(path).read_text()
+
+    titles = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    assert titles == ["Environment", "Tokenizer training", "Base model training", "Base model evaluation",
+                      "Chat SFT", "Chat evaluation sft", "Chat RL", "Chat evaluation rl", "My extra stage", "Summary"]
+
+    table = parse_table(text)
+    assert list(table) == ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
+    # MID never ran, but a later stage did: its column is there, all "-"
+    assert all(list(row) == ["BASE", "MID", "SFT", "RL"] for row in table.values())
+    assert table["CORE"] == {"BASE": "0.2188", "MID": "-", "SFT": "-", "RL": "-"}
+    for metric, value in SFT_ACC.items():
+        assert table[metric]["SFT"] == f"{value:.4f}"
+        assert table[metric]["BASE"] == table[metric]["MID"] == "-"
+        assert table[metric]["RL"] == (f"{RL_ACC[metric]:.4f}" if metric in RL_ACC else "-")
+
+    assert re.search(r"Total wall time: \d\d:\d\d:\d\d", text)
+    if torch.cuda.is_available():
+        assert "Estimated cost: $" in text and "assumption" in text
+    else:
+        assert "Estimated cost: n/a (no GPU)" in text
+
+    for slug in ("base-model-training", "chat-sft", "chat-rl"):
+        png = base_dir / "report" / f"{slug}.png"
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        assert f"]({slug}.png)" in text
+    assert not (base_dir / "report" / "chat-evaluation-sft.png").exists()
+    # the plot sits at the end of its own section
+    assert text.index("](base-model-training.png)") < text.index("## Base model evaluation")
+
+    copy = (out_dir / "report.md").read_text()
+    assert parse_table(copy) == table
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", copy)
+    assert len(links) == 3 and all((out_dir / link).resolve().read_bytes()[:8] == PNG_SIGNATURE for link in links)
+
+
+def test_log_keeps_structured_data_and_stays_compatible(base_dir):
+    report = Report(str(base_dir / "report"))
+    path = report.log("Chat SFT", [{"a": 1}, "note one", {"b": 2.5, "a": 3}, None, ""])  # no curves: the old call
+    assert path.endswith("chat-sft.md") and "- b: 2.5" in Path(path).read_text()
+    record = json.loads((base_dir / "report" / "chat-sft.json").read_text())
+    assert record["data"] == {"a": 3, "b": 2.5} and record["notes"] == ["note one"] and record["curves"] == {}
+
+
+def test_table_drops_stages_after_the_last_one_that_ran(base_dir, tmp_path):
+    report = Report(str(base_dir / "report"))
+    report.log("Base model evaluation", [{"CORE metric": 0.5}])
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    table = parse_table(text)
+    assert table["CORE"] == {"BASE": "0.5000"} and table["ChatCORE"] == {"BASE": "-"}
+    assert "Total wall time: unknown" in text  # never reset: no start time
+
+
+def test_estimated_cost_on_gpus(base_dir, tmp_path, monkeypatch):
+    report = Report(str(base_dir / "report"))
+    report.reset()
+    header_path = base_dir / "report" / "header.json"
+    header = json.loads(header_path.read_text())
+    header["hardware"]["gpu_count"] = 8
+    header["start_time"] -= 2 * 3600  # started two hours before this section
+    header_path.write_text(json.dumps(header))
+    report.log("Chat RL", [{"steps": 1}])
+    monkeypatch.setenv("NANOCHAT_GPU_HOUR_USD", "2.5")
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    assert re.search(r"Total wall time: 02:00:0\d", text)
+    assert "Estimated cost: $40.0" in text and "$2.50 per GPU-hour" in text and "assumption" in text
+
+
+def test_get_report_on_other_ranks_writes_nothing(base_dir, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = get_report()
+    r.reset()
+    r.log("Chat SFT", [{"a": 1}], curves={"val_loss": [[0, 1.0]]})
+    r.generate(copy_to=str(base_dir))
+    assert not (base_dir / "report").exists() and not (base_dir / "report.md").exists()
+
+
+def test_cli_reset_and_generate(base_dir, tmp_path):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for command in ("reset", "generate"):
+        if command == "generate":
+            log_pipeline(Report(str(base_dir / "report")))
+        result = subprocess.run([sys.executable, "-m", "nanochat.report", command], cwd=cwd, env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+    assert "plots" in result.stdout
+    text = (cwd / "report.md").read_text()
+    assert "## Environment" in text and "## Summary" in text
+    assert parse_table(text)["ChatCORE"]["RL"] == "0.2000"
+    assert (base_dir / "report" / "chat-rl.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_steplog_tracks_the_smoothed_loss_curve():
+    from nanochat.training import StepLog
+
+    log = StepLog(tokens_per_step=10)
+    for step, loss in enumerate([4.0, 3.0, 2.0]):
+        log.step(step, 3, loss, dt=0.1, lrm=1.0)
+    curve = log.history("train_loss")
+    assert [s for s, _ in curve] == [0, 1, 2] and curve[0][1] == pytest.approx(4.0)
+    assert curve[-1][1] == pytest.approx(log.smooth_loss)
