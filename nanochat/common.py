@@ -58,6 +58,26 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
+def stream_url_to_file(url: str, f: IO[bytes], timeout_s: float = 30.0) -> int:
+    """
+    Download url into an open file, checking the byte count against Content-Length so a cut
+    connection is an error rather than a short file. Returns the bytes written.
+    """
+    import requests
+
+    # identity encoding, so the bytes counted are the bytes Content-Length promises
+    with requests.get(url, stream=True, timeout=timeout_s, headers={"Accept-Encoding": "identity"}) as r:
+        r.raise_for_status()
+        expected = r.headers.get("Content-Length")
+        written = 0
+        for chunk in r.iter_content(chunk_size=1 << 20):
+            f.write(chunk)
+            written += len(chunk)
+    if expected is not None and written != int(expected):
+        raise OSError(f"connection ended after {written} of {expected} bytes")
+    return written
+
+
 class _ColoredFormatter(logging.Formatter):
     COLORS = {"DEBUG": "\033[36m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[35m"}
     RESET = "\033[0m"

@@ -59,7 +59,7 @@ import yaml
 from filelock import FileLock
 from tqdm import tqdm
 
-from nanochat.common import get_base_dir, get_dist_info, print0
+from nanochat.common import get_base_dir, get_dist_info, print0, stream_url_to_file
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 BUNDLE_DIR_NAME = "eval_bundle"
@@ -98,18 +98,6 @@ def _refuse_incomplete(bundle_dir: str) -> None:
         raise EvalBundleError(f"{bundle_dir} exists but has no core.yaml; delete it so it can be written again")
 
 
-def _stream_to_file(url: str, path: str, timeout_s: float) -> None:
-    with open(path, "wb") as f, requests.get(url, stream=True, timeout=timeout_s) as r:
-        r.raise_for_status()
-        expected = r.headers.get("Content-Length")
-        written = 0
-        for chunk in r.iter_content(chunk_size=1 << 20):
-            f.write(chunk)
-            written += len(chunk)
-        if expected is not None and written != int(expected):
-            raise OSError(f"connection ended after {written} of {expected} bytes")
-
-
 def _unzip_bundle(zip_path: str, tmp_dir: str) -> str:
     """Extract into tmp_dir; return the folder holding core.yaml (the zip's top-level eval_bundle/)."""
     with zipfile.ZipFile(zip_path) as zf:
@@ -139,7 +127,8 @@ def download_eval_bundle(dest_dir: str | None = None, url: str | None = None, ti
         tmp_zip, tmp_dir = f"{dest_dir}.{os.getpid()}.zip.tmp", f"{dest_dir}.{os.getpid()}.tmp"
         try:
             print0(f"downloading the CORE eval bundle from {url} ...")
-            _stream_to_file(url, tmp_zip, timeout_s)
+            with open(tmp_zip, "wb") as f:
+                stream_url_to_file(url, f, timeout_s)
             os.replace(_unzip_bundle(tmp_zip, tmp_dir), dest_dir)
         except (requests.RequestException, OSError, zipfile.BadZipFile, EvalBundleError) as e:
             raise EvalBundleError(

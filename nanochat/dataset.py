@@ -29,7 +29,7 @@ import requests
 from filelock import FileLock
 from tqdm import tqdm
 
-from nanochat.common import get_base_dir
+from nanochat.common import get_base_dir, stream_url_to_file
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD = 1822  # the last shard index on the hub, so there are MAX_SHARD + 1 shards
@@ -166,16 +166,7 @@ def _fetch(url: str, path: str, timeout_s: float) -> None:
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
     try:
         with open(tmp, "xb") as f:
-            # identity encoding, so the bytes counted are the bytes Content-Length promises
-            with requests.get(url, stream=True, timeout=timeout_s, headers={"Accept-Encoding": "identity"}) as r:
-                r.raise_for_status()
-                expected = r.headers.get("Content-Length")
-                written = 0
-                for chunk in r.iter_content(chunk_size=1 << 20):
-                    f.write(chunk)
-                    written += len(chunk)
-            if expected is not None and written != int(expected):
-                raise OSError(f"connection ended after {written} of {expected} bytes")
+            stream_url_to_file(url, f, timeout_s)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the name says the shard is complete
         _load_parquet(tmp).close()
