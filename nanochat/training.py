@@ -5,6 +5,7 @@ step, throughput accounting, and the RNG state that exact resume restores.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import random
@@ -311,6 +312,23 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
         opt.load_state_dict(state)
     set_rng_state(meta["rng_states"][rank])
     return step, meta, meta["data_states"][rank]
+
+
+def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
+    """The flags mid_train, chat_sft and chat_rl share: where to start from, device, learning rates, resume."""
+    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
+    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
+    p.add_argument("--source", default=source, help="the stage to start from: base|mid|sft")
+    p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
+    p.add_argument("--model_step", type=int, default=None, help="source checkpoint step (default: the last)")
+    p.add_argument("--embedding_lr", type=float, default=0.2)
+    p.add_argument("--unembedding_lr", type=float, default=0.004)
+    p.add_argument("--matrix_lr", type=float, default=0.02)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--init_lr_frac", type=float, default=init_lr_frac, help="fraction of the pretraining learning rates")
+    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
+    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
 
 
 def resume_if_asked(args: Any, checkpoint_dir: str, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],

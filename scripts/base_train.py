@@ -29,7 +29,6 @@ from nanochat.training import (
     all_reduce_mean,
     apply_schedule,
     autocast_context,
-    stop_if_not_finite,
     grad_accum_steps_for,
     lr_multiplier,
     muon_momentum,
@@ -37,8 +36,10 @@ from nanochat.training import (
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
+    stop_if_not_finite,
     train_step,
 )
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Pretrain the base model.")

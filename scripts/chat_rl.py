@@ -24,6 +24,7 @@ from nanochat.engine import Engine
 from nanochat.report import get_report
 from nanochat.training import (
     StepLog,
+    add_stage_args,
     apply_schedule,
     autocast_context,
     resolve_dtype,
@@ -38,12 +39,7 @@ from tasks.gsm8k import GSM8K
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Policy-gradient RL on GSM8K.")
-    p.add_argument("--run", default="dummy")
-    p.add_argument("--device_type", default="")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--source", default="sft", help="the stage to start from: mid|sft")
-    p.add_argument("--model_tag", default=None)
-    p.add_argument("--model_step", type=int, default=None)
+    add_stage_args(p, source="sft", init_lr_frac=0.05)
     p.add_argument("--num_samples", type=int, default=16, help="answers sampled per problem (the group)")
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -52,17 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--examples_per_step", type=int, default=16, help="problems per step, all ranks")
     p.add_argument("--num_epochs", type=int, default=1)
     p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
-    p.add_argument("--embedding_lr", type=float, default=0.2)
-    p.add_argument("--unembedding_lr", type=float, default=0.004)
-    p.add_argument("--matrix_lr", type=float, default=0.02)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--init_lr_frac", type=float, default=0.05)
     p.add_argument("--eval_every", type=int, default=60)
     p.add_argument("--eval_examples", type=int, default=400)
     p.add_argument("--save_every", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--resume_from_step", type=int, default=-1)
     return p.parse_args(argv)
 
 

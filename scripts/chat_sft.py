@@ -22,6 +22,7 @@ from nanochat.report import get_report
 from nanochat.task_eval import evaluate_categorical
 from nanochat.training import (
     StepLog,
+    add_stage_args,
     apply_schedule,
     autocast_context,
     resolve_dtype,
@@ -42,22 +43,12 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Supervised fine-tuning on conversations.")
-    p.add_argument("--run", default="dummy")
-    p.add_argument("--device_type", default="")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--source", default="mid", help="the stage to start from: base|mid")
-    p.add_argument("--model_tag", default=None)
-    p.add_argument("--model_step", type=int, default=None)
+    add_stage_args(p, source="mid", init_lr_frac=0.02)
     p.add_argument("--device_batch_size", type=int, default=4, help="conversations per forward pass")
     p.add_argument("--target_examples_per_step", type=int, default=32, help="conversations per step, all ranks")
     p.add_argument("--num_epochs", type=int, default=1)
     p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
     p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
-    p.add_argument("--embedding_lr", type=float, default=0.2)
-    p.add_argument("--unembedding_lr", type=float, default=0.004)
-    p.add_argument("--matrix_lr", type=float, default=0.02)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--init_lr_frac", type=float, default=0.02)
     p.add_argument("--smoltalk_size", type=int, default=10_000)
     p.add_argument("--spelling_size", type=int, default=300)
     p.add_argument("--eval_every", type=int, default=100)
@@ -65,8 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval_metrics_every", type=int, default=200)
     p.add_argument("--eval_metrics_max_problems", type=int, default=1024)
     p.add_argument("--save_every", type=int, default=-1)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--resume_from_step", type=int, default=-1)
     return p.parse_args(argv)
 
 

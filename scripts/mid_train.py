@@ -24,6 +24,7 @@ from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
 from nanochat.training import (
     StepLog,
+    add_stage_args,
     all_reduce_mean,
     apply_schedule,
     autocast_context,
@@ -46,28 +47,16 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Mid-train a base model on conversations.")
-    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
-    p.add_argument("--device_type", default="")
-    p.add_argument("--dtype", default="auto")
+    add_stage_args(p, source="base", init_lr_frac=1.0)
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--source", default="base", help="the stage to start from")
-    p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
-    p.add_argument("--model_step", type=int, default=None)
     p.add_argument("--max_seq_len", type=int, default=0, help="row length (0: the model's sequence length)")
     p.add_argument("--device_batch_size", type=int, default=32)
     p.add_argument("--total_batch_size", type=int, default=524288)
     p.add_argument("--num_iterations", type=int, default=-1, help="-1: one pass over the mixture")
-    p.add_argument("--embedding_lr", type=float, default=0.2)
-    p.add_argument("--unembedding_lr", type=float, default=0.004)
-    p.add_argument("--matrix_lr", type=float, default=0.02)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--init_lr_frac", type=float, default=1.0)
     p.add_argument("--spelling_size", type=int, default=200_000, help="SimpleSpelling examples (SpellingBee gets 40%%)")
     p.add_argument("--eval_every", type=int, default=150)
     p.add_argument("--eval_tokens", type=int, default=20 * 524288)
     p.add_argument("--save_every", type=int, default=-1)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--resume_from_step", type=int, default=-1)
     return p.parse_args(argv)
 
 
