@@ -262,6 +262,23 @@ def load_rows(
     return datasets.load_dataset(hub_path, config, split=split)
 
 
+def download_small_file(url: str, path: str | os.PathLike, what: str, offline_hint: str, timeout: float = 60.0) -> str:
+    """Fetch a small file whole and write it atomically; a failure names the URL and the offline way."""
+    import requests
+
+    from nanochat.common import atomic_write
+
+    path = os.fspath(path)
+    try:
+        response = requests.get(url, timeout=timeout)
+        response.raise_for_status()
+    except requests.RequestException as e:
+        raise RuntimeError(f"could not download {what} from {url}: {e} ({offline_hint})") from e
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write(path, lambda f: f.write(response.content))
+    return path
+
+
 class GeneratedRows(Sequence):
     """
     A read-only list of n generated rows; row i comes from its own RNG seeded by (name, i),

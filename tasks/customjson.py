@@ -15,7 +15,7 @@ import os
 import random
 
 from nanochat.common import atomic_write, get_base_dir
-from tasks.common import Task, is_offline, validate_messages
+from tasks.common import Task, download_small_file, is_offline, validate_messages
 
 IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
 IDENTITY_FILE = "identity_conversations.jsonl"
@@ -65,18 +65,8 @@ class CustomJSON(Task):
 
 def download_identity_conversations(path: str | os.PathLike, url: str = IDENTITY_URL, timeout: float = 60.0) -> str:
     """Download the identity conversations to path (temp file + rename); a clear error if it fails."""
-    import requests
-
-    path = os.fspath(path)
-    try:
-        response = requests.get(url, timeout=timeout)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise RuntimeError(f"could not download the identity conversations from {url}: {e} "
-                           f"(offline, use write_identity_conversations() or NANOCHAT_DATASET=synthetic)") from e
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    atomic_write(path, lambda f: f.write(response.content))
-    return path
+    return download_small_file(url, path, "the identity conversations",
+                               "offline, use write_identity_conversations() or NANOCHAT_DATASET=synthetic", timeout)
 
 
 def get_identity_conversations(offline: bool | None = None) -> str:

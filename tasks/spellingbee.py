@@ -20,8 +20,8 @@ import os
 import random
 import string
 
-from nanochat.common import atomic_write, get_base_dir
-from tasks.common import Task, is_offline
+from nanochat.common import get_base_dir
+from tasks.common import Task, download_small_file, is_offline
 from tasks.gsm8k import _same_number, extract_answer
 
 WORD_LIST_URL = "https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt"
@@ -31,17 +31,8 @@ SPLITS = ("train", "test")
 
 def download_word_list(path: str, url: str = WORD_LIST_URL, timeout: float = 60.0) -> str:
     """Download the word list to path through a temp file + rename; a clear error if it fails."""
-    import requests
-
-    try:
-        response = requests.get(url, timeout=timeout)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise RuntimeError(f"could not download the word list from {url}: {e} "
-                           f"(set NANOCHAT_DATASET=synthetic to use the built-in word list)") from e
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    atomic_write(path, lambda f: f.write(response.content))
-    return path
+    return download_small_file(url, path, "the word list", "set NANOCHAT_DATASET=synthetic to use the built-in word list",
+                               timeout)
 
 
 def load_words(offline: bool | None = None) -> list[str]:
