@@ -108,10 +108,6 @@ def get_dist_info() -> tuple[bool, int, int, int]:
     return False, 0, 0, 1
 
 
-def is_ddp() -> bool:
-    return get_dist_info()[0]
-
-
 def print0(*args: Any, **kwargs: Any) -> None:
     """print() on rank 0 only, so a torchrun job does not print everything N times."""
     if get_dist_info()[1] == 0:

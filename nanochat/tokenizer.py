@@ -238,10 +238,6 @@ class RustBPETokenizer:
         ids.append(self.encode_special("<|assistant_start|>"))
         return ids
 
-    def visualize_tokenization(self, ids: list[int], mask: list[int]) -> str:
-        """Tokens joined by '|', green where mask is 1 and red where 0 (for eyeballing a rendering)."""
-        green, red, reset = "\033[92m", "\033[91m", "\033[0m"
-        return "|".join(f"{green if m else red}{self.id_to_token(t)}{reset}" for t, m in zip(ids, mask))
 
 
 def _merge_system_message(messages: list[dict]) -> list[dict]:
