@@ -239,7 +239,6 @@ class RustBPETokenizer:
         return ids
 
 
-
 def _merge_system_message(messages: list[dict]) -> list[dict]:
     if not messages:
         raise ValueError("a conversation needs at least one message")
