@@ -10,7 +10,7 @@ fi
 stamp=.venv/.nanochat-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "installing nanochat and its dependencies into .venv (first run takes a minute or two)"
-    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    .venv/bin/python -m pip install --quiet -e '.[dev,hf]'
     touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
