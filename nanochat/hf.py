@@ -194,6 +194,8 @@ def from_hf_config(raw: dict[str, Any], where: str) -> GPTConfig:
         ("intermediate_size", cfg.intermediate_size, 4 * cfg.hidden_size),
         ("head_dim", head_dim or cfg.hidden_size // cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads),
     ]
+    # rms_norm_eps is not checked: ours is fp32's machine epsilon, and transformers' 1e-6 default
+    # moves a unit-scale activation by about 1e-6, far below what training noise does
     unsupported = [f"{name}={got!r} (ours: {want!r})" for name, got, want in checks if got != want]
     if unsupported:
         raise HFInteropError(f"{where}: our GPT cannot represent {', '.join(unsupported)}")
@@ -275,6 +277,9 @@ def to_hf_tokenizer(tokenizer: RustBPETokenizer, model_max_length: int) -> Any:
     missing_bytes = [b for b in range(256) if bytes([b]) not in ranks]
     if missing_bytes:
         raise HFInteropError(f"the tokenizer lacks byte tokens {missing_bytes[:5]}...; not a byte-level BPE")
+    missing_specials = [s for s in SPECIAL_TOKENS if s not in specials]
+    if missing_specials:
+        raise HFInteropError(f"the tokenizer lacks nanochat's special tokens {missing_specials}; train one with scripts.tok_train")
     to_unicode = byte_to_unicode()
 
     def as_str(token: bytes) -> str:
@@ -283,7 +288,8 @@ def to_hf_tokenizer(tokenizer: RustBPETokenizer, model_max_length: int) -> Any:
     vocab = {as_str(token): rank for token, rank in ranks.items()}
     vocab.update(specials)
     # merges in rank order: transformers merges by list position, tiktoken by the merged token's rank
-    merges = [tuple(as_str(p) for p in _merge_of(token, ranks)) for token, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(token) > 1]
+    merged_tokens = sorted((token for token in ranks if len(token) > 1), key=ranks.__getitem__)
+    merges = [tuple(as_str(part) for part in _merge_of(token, ranks)) for token in merged_tokens]
     # ignore_merges: a piece that is itself a token is taken whole, as tiktoken does
     backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
     backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
@@ -299,14 +305,13 @@ def to_hf_tokenizer(tokenizer: RustBPETokenizer, model_max_length: int) -> Any:
     backend.post_processor = tokenizers.processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.get_bos_token_id())]
     )
-    chat = {"<|user_start|>", "<|assistant_start|>", "<|assistant_end|>"} <= specials.keys()
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos,
-        eos_token="<|assistant_end|>" if chat else bos,
+        eos_token="<|assistant_end|>",
         # padding is masked out by the attention mask, so its id is only a placeholder
         pad_token=bos,
-        chat_template=CHAT_TEMPLATE if chat else None,
+        chat_template=CHAT_TEMPLATE,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
@@ -339,7 +344,7 @@ def from_hf_tokenizer(tokenizer_json: dict[str, Any], where: str) -> RustBPEToke
     to_byte = {ch: b for b, ch in byte_to_unicode().items()}
     specials = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", []) if t.get("special")}
     ranks: dict[bytes, int] = {}
-    for text, rank in model["vocab"].items():
+    for text, rank in (model.get("vocab") or {}).items():
         if text in specials:
             continue
         try:
@@ -399,7 +404,7 @@ def model_card(model: GPT, source: str, meta: dict[str, Any], summary: str | Non
         "",
         f"# nanochat d{cfg.n_layer} ({source})",
         "",
-        f"A small chat model trained with the nanochat pipeline, the `{source}` stage's checkpoint "
+        f"A small language model trained with the nanochat pipeline: the `{source}` stage's checkpoint, "
         "in transformers' `nanochat` architecture (`NanoChatForCausalLM`).",
         "",
         "## Architecture",
@@ -447,7 +452,7 @@ def model_card(model: GPT, source: str, meta: dict[str, Any], summary: str | Non
 # ---- folders: export and import ----
 
 
-def export_folder(model: GPT, tokenizer: RustBPETokenizer, out_dir: str, model_card: str) -> list[str]:
+def export_folder(model: GPT, tokenizer: RustBPETokenizer, out_dir: str, card: str) -> list[str]:
     """Write a transformers checkpoint (config, weights, generation config, tokenizer, card) to out_dir; returns the files."""
     safetensors_torch = _require("safetensors.torch")
     if tokenizer.get_vocab_size() != model.config.vocab_size:
@@ -455,9 +460,9 @@ def export_folder(model: GPT, tokenizer: RustBPETokenizer, out_dir: str, model_c
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab size is "
             f"{model.config.vocab_size}; export the model with the tokenizer it was trained with"
         )
-    os.makedirs(out_dir, exist_ok=True)
     # the hf tokenizer is built first: it validates the vocabulary before any file is written
     hf_tokenizer = to_hf_tokenizer(tokenizer, model_max_length=model.config.sequence_len)
+    os.makedirs(out_dir, exist_ok=True)
     to_hf_config(model.config, tokenizer).save_pretrained(out_dir)
     generation_config(tokenizer).save_pretrained(out_dir)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -465,7 +470,7 @@ def export_folder(model: GPT, tokenizer: RustBPETokenizer, out_dir: str, model_c
     hf_tokenizer.save_pretrained(out_dir)
     _name_tokenizer_class(out_dir)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(model_card)
+        f.write(card)
     return sorted(os.listdir(out_dir))
 
 

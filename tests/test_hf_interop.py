@@ -304,6 +304,26 @@ def test_import_refuses_a_vocab_size_mismatch(exported, base_dir, tmp_path):
     assert "vocab size mismatch" in message and "600" in message and "512" in message
 
 
+def _reverse_merges(tokenizer_json: dict) -> None:
+    tokenizer_json["model"]["merges"].reverse()
+
+
+def _drop_python_tokens(tokenizer_json: dict) -> None:
+    tokenizer_json["added_tokens"] = [t for t in tokenizer_json["added_tokens"] if "python" not in t["content"]]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_reverse_merges, "merges are not in the order of their tokens' ids"),
+    (_drop_python_tokens, "lacks nanochat's special tokens ['<|python_start|>', '<|python_end|>']"),
+])
+def test_import_refuses_a_tokenizer_tiktoken_cannot_reproduce(exported, base_dir, tmp_path, edit, expected):
+    folder = _edited_copy(exported, tmp_path)
+    tokenizer_json = json.load(open(f"{folder}/tokenizer.json"))
+    edit(tokenizer_json)
+    json.dump(tokenizer_json, open(f"{folder}/tokenizer.json", "w"))
+    assert expected in _exit_message(import_hf.main, ["--model", folder, "--to", "sft"])
+
+
 def test_import_refuses_a_path_that_is_not_there(base_dir):
     assert "neither a folder nor a hub repo" in _exit_message(import_hf.main, ["--model", "/no/such/model", "--to", "sft"])
 
