@@ -166,6 +166,18 @@ def test_hf_tokenizer_matches_ours_on_real_text(tiny_tokenizer, hf_tokenizer, tm
         assert theirs(doc)["input_ids"] == ours.encode(doc, prepend="<|bos|>")  # BOS by default, as in training
 
 
+WORDS = st.lists(st.sampled_from(["the", " cat", "ka", "lo", " mi", " ", "  ", "\n", "\r\n", "99", "1234", "'s", "café", "😀"]), max_size=30)
+
+
+# no "|": typed special-token strings are a documented difference (transformers makes them special)
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.characters(blacklist_characters="|", blacklist_categories=("Cs",)), max_size=80) | WORDS.map("".join))
+def test_hf_tokenizer_matches_ours_on_any_text(hf_tokenizer, tiny_tokenizer, text):
+    ids = tiny_tokenizer.encode(text)
+    assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    assert hf_tokenizer.decode(ids) == text
+
+
 def test_hf_tokenizer_matches_ours_on_every_special_token(tiny_tokenizer, hf_tokenizer):
     for name in SPECIAL_TOKENS:
         token_id = tiny_tokenizer.encode_special(name)
