@@ -7,9 +7,11 @@ A checkpoint dir (one per stage and model tag, e.g. base_checkpoints/d20/) holds
     meta_{step:06d}.json            model_config plus whatever the training script adds (rank 0)
     optim_{step:06d}_rank{r}.pt     rank r's optimizer state dicts, as a list
 
-Every file is written atomically (temp file, fsync, rename), and the meta file last, so a
-crash mid-save never leaves a half-written file under a final name, and a step "exists"
-only once its model file is complete.
+Every file is written atomically (temp file, fsync, rename), and the meta file last, after
+every rank's optimizer file is on disk, so a crash mid-save never leaves a half-written file
+under a final name, and a step "exists" only once all of its files are complete. The meta
+records how many optimizer shards the step has (`optim_ranks`), so resume can tell a step
+that is complete for every rank from one a crashed rank left short.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from nanochat.common import atomic_write, get_base_dir, get_dist_info, logger
 from nanochat.gpt import GPT, GPTConfig
@@ -78,6 +81,8 @@ def save_checkpoint(
     if rank == 0:
         if "model_config" not in meta_data:
             raise ValueError("meta_data needs 'model_config' (the GPTConfig fields) or the checkpoint cannot be loaded")
+        if optimizer_data is not None:  # every rank writes a shard; resume needs all of them
+            meta_data = {**meta_data, "optim_ranks": get_dist_info()[3]}
         # serialize before writing anything, so a meta that is not JSON fails before the model is written
         meta_bytes = json.dumps(meta_data, indent=2).encode("utf-8")
         model_path = _model_path(checkpoint_dir, step)
@@ -87,6 +92,10 @@ def save_checkpoint(
         optim_path = _optim_path(checkpoint_dir, step, rank)
         atomic_write(optim_path, lambda f: torch.save(optimizer_data, f))
         logger.info("saved optimizer state to %s", optim_path)
+    if dist.is_available() and dist.is_initialized():
+        # the meta is the step's completion marker: write it only once every rank's files are on
+        # disk (a rank that dies before this point leaves the step without a meta, never half-done)
+        dist.barrier()
     if rank == 0:
         # last: find_last_step counts a step only once its meta exists
         meta_path = _meta_path(checkpoint_dir, step)
@@ -166,14 +175,59 @@ def load_checkpoint(
     return model_data, optimizer_data, meta_data
 
 
-def find_last_step(checkpoint_dir: str) -> int:
-    """The largest step with a complete checkpoint (a leftover model file without meta is an interrupted save)."""
+def _missing_optimizer_shards(checkpoint_dir: str, step: int) -> list[str]:
+    """The optimizer files a step's meta promises (`optim_ranks`) that are not on disk."""
+    try:
+        with open(_meta_path(checkpoint_dir, step), encoding="utf-8") as f:
+            ranks = json.load(f).get("optim_ranks", 0)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return []  # an unreadable meta is reported, with its path, when the step is loaded
+    return [os.path.basename(p) for r in range(ranks) if not os.path.isfile(p := _optim_path(checkpoint_dir, step, r))]
+
+
+def find_last_step(checkpoint_dir: str, with_optimizer: bool = False) -> int:
+    """
+    The largest step with a complete checkpoint (a leftover model file without meta is an
+    interrupted save). with_optimizer (what resume asks for) also skips, saying so, a step
+    whose meta promises optimizer shards that are not all on disk.
+    """
     if not os.path.isdir(checkpoint_dir):
         raise CheckpointError(f"checkpoint dir {checkpoint_dir} does not exist")
     steps = _complete_steps(checkpoint_dir)
     if not steps:
         raise CheckpointError(f"no complete checkpoint (meta_*.json with its model_*.pt) in {checkpoint_dir}")
-    return steps[-1]
+    if not with_optimizer:
+        return steps[-1]
+    for step in reversed(steps):
+        missing = _missing_optimizer_shards(checkpoint_dir, step)
+        if not missing:
+            return step
+        logger.warning("skipping step %d of %s: its optimizer files %s are missing (an interrupted save)",
+                       step, checkpoint_dir, missing)
+    raise CheckpointError(f"no step in {checkpoint_dir} has all of its optimizer files; start a fresh run")
+
+
+def prune_checkpoints(checkpoint_dir: str, keep_last: int) -> list[int]:
+    """
+    Delete all but the newest keep_last complete steps (keep_last < 1 keeps everything) and
+    return the steps deleted. Only complete steps count as kept, so the step a resume would
+    pick is never removed; each step's meta goes first, so a step deleted halfway is never
+    mistaken for a complete one.
+    """
+    if keep_last < 1 or not os.path.isdir(checkpoint_dir):
+        return []
+    steps = _complete_steps(checkpoint_dir)
+    complete = [s for s in steps if not _missing_optimizer_shards(checkpoint_dir, s)]
+    kept = set(complete[-keep_last:])
+    doomed = [s for s in steps if s < min(kept, default=0)]
+    for step in doomed:
+        prefix = f"optim_{step:06d}_rank"
+        optims = [os.path.join(checkpoint_dir, n) for n in os.listdir(checkpoint_dir) if n.startswith(prefix)]
+        for path in [_meta_path(checkpoint_dir, step), _model_path(checkpoint_dir, step), *optims]:
+            if os.path.exists(path):
+                os.remove(path)
+        logger.info("deleted checkpoint step %d of %s (--keep_last=%d)", step, checkpoint_dir, keep_last)
+    return doomed
 
 
 def find_largest_model(checkpoints_dir: str) -> str:

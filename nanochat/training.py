@@ -77,37 +77,86 @@ def apply_schedule(optimizers: list[torch.optim.Optimizer], lr_mult: float, mome
                 group["momentum"] = momentum
 
 
+class StepBatches:
+    """
+    A micro-batch stream grouped into optimizer steps and read one step ahead. The training
+    step takes this step's micro-batches, then fetches micro-batch i of the next step right
+    after launching micro-batch i's backward, so on a GPU the data loading overlaps the device's
+    work instead of waiting behind the step's final sync. A rank whose data runs out holds a
+    short next step; `have_next_step` tells every rank, the same way, whether all of them can
+    run another full step, so no rank leaves the loop while the others still call collectives.
+    """
+
+    def __init__(self, batches: Iterator[tuple], grad_accum_steps: int) -> None:
+        self.batches, self.grad_accum_steps = batches, grad_accum_steps
+        self.ahead: list[tuple] = []
+        self.exhausted = False
+        for _ in range(grad_accum_steps):
+            self.fetch_one()
+
+    def fetch_one(self) -> None:
+        """Read one more micro-batch of the next step (nothing once it is full or the data ended)."""
+        if self.exhausted or len(self.ahead) == self.grad_accum_steps:
+            return
+        try:
+            self.ahead.append(next(self.batches))
+        except StopIteration:
+            self.exhausted = True
+
+    def have_next_step(self) -> bool:
+        """Whether every rank holds a full next step: one tiny collective, the same answer on all ranks."""
+        return all_ranks(len(self.ahead) == self.grad_accum_steps)
+
+    def take(self) -> list[tuple]:
+        """This step's micro-batches; the next step's are read by fetch_one as the step runs."""
+        if len(self.ahead) < self.grad_accum_steps:
+            raise RuntimeError("the data ran out: check have_next_step() before every step")
+        step, self.ahead = self.ahead, []
+        return step
+
+
+def all_ranks(flag: bool) -> bool:
+    """True on every rank when flag is true on every rank (the logical AND across ranks)."""
+    if not get_dist_info()[0]:
+        return flag
+    # gloo cannot all_reduce on a CUDA tensor and NCCL only can: put it where the backend works
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def train_step(
     model: torch.nn.Module,
     optimizers: list[torch.optim.Optimizer],
-    batches: Iterator[tuple],
-    grad_accum_steps: int,
+    batches: StepBatches,
     autocast: contextlib.AbstractContextManager,
 ) -> tuple[torch.Tensor, tuple]:
     """
-    One optimizer step over grad_accum_steps micro-batches. Each batch is (inputs, targets, *extra);
-    returns the mean loss (a detached tensor) and the last batch's extras (e.g. the loader state).
-    Gradients are averaged across ranks inside the distributed optimizers' step.
+    One optimizer step over the next grad_accum_steps micro-batches. Each batch is (inputs,
+    targets, *extra); returns the mean loss (a detached tensor, not synced) and the last batch's
+    extras (e.g. the loader state). Gradients are averaged across ranks inside the distributed
+    optimizers' step, so there is no DDP wrapper and no no_sync trick.
     """
+    micro_batches = batches.take()
     total = torch.zeros((), device=next(model.parameters()).device)
     extra: tuple = ()
-    for _ in range(grad_accum_steps):
-        inputs, targets, *extra = next(batches)
+    for inputs, targets, *extra in micro_batches:
         with autocast:
             loss = model(inputs, targets)
         total += loss.detach()
-        (loss / grad_accum_steps).backward()
+        (loss / len(micro_batches)).backward()  # the mean over micro-batches, as one big batch would give
+        batches.fetch_one()  # the GPU is still busy with this backward: read the next step's data now
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
-    return total / grad_accum_steps, tuple(extra)
+    return total / len(micro_batches), tuple(extra)
 
 
 def train_step_token_normalized(
     model: torch.nn.Module,
     optimizers: list[torch.optim.Optimizer],
-    batches: Iterator[tuple],
-    grad_accum_steps: int,
+    batches: StepBatches,
     autocast: contextlib.AbstractContextManager,
     loss_fn=None,
 ) -> tuple[torch.Tensor, int, tuple]:
@@ -118,8 +167,9 @@ def train_step_token_normalized(
     `loss_fn(model, inputs, targets, *extra)` gives a summed loss (default: cross-entropy).
     Returns the mean loss per target token, the token count, and the last batch's extras.
     """
-    micro_batches = [next(batches) for _ in range(grad_accum_steps)]
+    micro_batches = batches.take()
     device = next(model.parameters()).device
+    # the normalizer must be known before the first backward, so count every rank's targets first
     num_tokens = torch.tensor(sum(int((b[1] >= 0).sum()) for b in micro_batches), device=device)
     ddp, _, _, world_size = get_dist_info()
     if ddp:
@@ -127,6 +177,7 @@ def train_step_token_normalized(
     # the distributed optimizers average gradients over ranks; scaling by world_size makes that a sum
     scale = world_size / max(int(num_tokens), 1)
     total = torch.zeros((), device=device)
+    extra: tuple = ()
     for inputs, targets, *extra in micro_batches:
         with autocast:
             if loss_fn is None:
@@ -135,6 +186,7 @@ def train_step_token_normalized(
                 loss_sum = loss_fn(model, inputs, targets, *extra)
         total += loss_sum.detach()
         (loss_sum * scale).backward()
+        batches.fetch_one()  # overlap the next step's data loading with this backward
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
@@ -274,16 +326,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_checkpoint(checkpoint_dir: str, step: int, model: torch.nn.Module,
-                             optimizers: list[torch.optim.Optimizer], meta: dict[str, Any], data_state: Any) -> None:
+                             optimizers: list[torch.optim.Optimizer], meta: dict[str, Any], data_state: Any,
+                             keep_last: int = -1) -> None:
     """
     Everything an exact resume needs: model, every rank's optimizer state, every rank's data
     position and RNG state (gathered into the meta), plus whatever the script puts in `meta`.
+    Then only the newest keep_last complete steps are kept (keep_last < 1: all).
     """
-    from nanochat.checkpoint_manager import save_checkpoint
+    from nanochat.checkpoint_manager import prune_checkpoints, save_checkpoint
 
     meta = {**meta, "step": step, "data_states": gather_to_all(data_state), "rng_states": gather_to_all(get_rng_state())}
-    save_checkpoint(checkpoint_dir, step, model.state_dict(), [o.state_dict() for o in optimizers], meta,
-                    rank=get_dist_info()[1])
+    rank = get_dist_info()[1]
+    save_checkpoint(checkpoint_dir, step, model.state_dict(), [o.state_dict() for o in optimizers], meta, rank=rank)
+    if rank == 0:  # save_checkpoint returns on rank 0 only once every rank's files are on disk
+        prune_checkpoints(checkpoint_dir, keep_last)
 
 
 def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Module,
@@ -298,7 +354,7 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
 
     rank = get_dist_info()[1]
     if step is None:
-        step = find_last_step(checkpoint_dir)
+        step = find_last_step(checkpoint_dir, with_optimizer=True)
     model_data, optim_data, meta = load_checkpoint(checkpoint_dir, step, device, load_optimizer=True, rank=rank)
     differ = {k: (meta.get(k), v) for k, v in expect.items() if meta.get(k) != v}
     if differ:
@@ -314,11 +370,24 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
     return step, meta, meta["data_states"][rank]
 
 
-def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
-    """The flags mid_train, chat_sft and chat_rl share: where to start from, device, learning rates, resume."""
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags every training script takes: logging, device and precision, resume, checkpoint keeping, the plan."""
     p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
     p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the model (auto: on for CUDA where the batch shapes are fixed)")
+    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
+    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
+    p.add_argument("--keep_last", type=int, default=2,
+                   help="keep only the newest N checkpoints of this run, the final one included (-1: keep all)")
+    p.add_argument("--dry_run", action="store_true", help="print the plan (sizes, steps, memory estimate) and exit")
+    p.add_argument("--skip_preflight", action="store_true", help="start even when the memory estimate exceeds the device")
+
+
+def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
+    """The flags mid_train, chat_sft and chat_rl share: the run flags, where to start from, learning rates."""
+    add_run_args(p)
     p.add_argument("--source", default=source, help="the stage to start from: base|mid|sft")
     p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
     p.add_argument("--model_step", type=int, default=None, help="source checkpoint step (default: the last)")
@@ -327,8 +396,35 @@ def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float)
     p.add_argument("--matrix_lr", type=float, default=0.02)
     p.add_argument("--weight_decay", type=float, default=0.0)
     p.add_argument("--init_lr_frac", type=float, default=init_lr_frac, help="fraction of the pretraining learning rates")
-    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
-    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
+
+
+def wants_compile(flag: str, device_type: str, fixed_shapes: bool) -> bool:
+    """
+    --compile: on, off, or auto = on for CUDA where the batch shapes are fixed (compiling for
+    ever-changing shapes would spend its time recompiling instead of speeding up).
+    """
+    return flag == "on" or (flag == "auto" and device_type == "cuda" and fixed_shapes)
+
+
+def compile_model(model: torch.nn.Module, compile: bool, fixed_shapes: bool) -> torch.nn.Module:
+    """The model the training step calls; the uncompiled one shares its parameters, so saving and sampling use it."""
+    return torch.compile(model, dynamic=not fixed_shapes) if compile else model
+
+
+def plan_or_exit(config: Any, device_batch_size: int, seq_len: int, world_size: int, dtype: torch.dtype,
+                 compiled: bool, device: torch.device, args: argparse.Namespace, lines: dict[str, object]) -> None:
+    """Print the run's plan; exit after it with --dry_run, or with one line when it will not fit the device."""
+    from nanochat.preflight import PreflightError, preflight
+
+    try:
+        preflight(config, device_batch_size, seq_len, world_size, dtype, compiled, device, lines,
+                  enforce=not args.skip_preflight)
+    except PreflightError as e:
+        compute_cleanup()
+        sys.exit(f"error: {e}")
+    if args.dry_run:
+        compute_cleanup()
+        sys.exit(0)
 
 
 def resume_if_asked(args: Any, checkpoint_dir: str, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],

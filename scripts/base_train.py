@@ -25,28 +25,30 @@ from nanochat.loss_eval import evaluate_bpb, sample_completions
 from nanochat.report import get_report
 from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_tokenizer
 from nanochat.training import (
+    StepBatches,
     StepLog,
+    add_run_args,
     all_reduce_mean,
     apply_schedule,
     autocast_context,
+    compile_model,
     grad_accum_steps_for,
     lr_multiplier,
     muon_momentum,
     peak_flops,
+    plan_or_exit,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
     stop_if_not_finite,
     train_step,
+    wants_compile,
 )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Pretrain the base model.")
-    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
-    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on for CUDA)")
+    add_run_args(p)
     # model
     p.add_argument("--depth", type=int, default=20, help="layers; width is 64·depth")
     p.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (0: as many as query heads)")
@@ -73,8 +75,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample_every", type=int, default=2000, help="samples every N steps (-1: only at the end)")
     p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--model_tag", default="", help="checkpoint folder name (default d<depth>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this model tag")
-    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
     p.add_argument("--peak_flops", type=float, default=0.0, help="the device's peak FLOP/s for MFU (default: GPU table)")
     return p.parse_args(argv)
 
@@ -107,47 +107,53 @@ def main(argv: list[str] | None = None) -> dict:
     model_tag = args.model_tag or f"d{args.depth}"
     checkpoint_dir = checkpoint_dir_for("base", model_tag)
 
-    # ---- model, optimizers, and (when resuming) their saved state ----
-    with torch.device("meta"):
+    # ---- the plan (before anything big is allocated), then the model and its optimizers ----
+    with torch.device("meta"):  # shapes only: no memory, no init
         model = GPT(config)
-    model.to_empty(device=device)
-    model.init_weights()
     num_params = model.num_params()
     flops_per_token = model.estimate_flops()
     num_iterations = plan_iterations(args, num_params, flops_per_token)
     B, T = args.device_batch_size, args.max_seq_len
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
+    tokens_per_step = args.total_batch_size
+    use_compile = wants_compile(args.compile, device_type, fixed_shapes=True)
+    plan_or_exit(config, B, T, world_size, dtype, use_compile, device, args, {
+        "model": f"{model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}",
+        "steps": f"{num_iterations:,} of {tokens_per_step:,} tokens; {num_iterations * tokens_per_step / num_params:.1f} tokens/param",
+        "batch": f"{grad_accum_steps} micro-batches of {B}×{T} on each of {world_size} ranks",
+        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
+    })
+    model.to_empty(device=device)
+    model.init_weights()
+    train_model = compile_model(model, use_compile, fixed_shapes=True)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
 
     run_meta = {"model_config": vars(config), "num_iterations": num_iterations}
     start_step, loader_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
 
-    train_model = torch.compile(model) if args.compile == "on" or (args.compile == "auto" and device_type == "cuda") else model
-    train_batches = tokenizing_distributed_data_loader_with_state(B, T, "train", tokenizer=tokenizer, device=device,
-                                                                  resume_state=loader_state)
+    train_batches = StepBatches(tokenizing_distributed_data_loader_with_state(
+        B, T, "train", tokenizer=tokenizer, device=device, resume_state=loader_state), grad_accum_steps)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
-    tokens_per_step = args.total_batch_size
     log = StepLog(tokens_per_step, flops_per_token, peak_flops(device, args.peak_flops), world_size, log_state)
-    print0(f"model {model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}")
-    print0(f"{num_iterations:,} steps of {tokens_per_step:,} tokens ({grad_accum_steps} micro-batches of {B}×{T} "
-           f"on each of {world_size} ranks); {num_iterations * tokens_per_step / num_params:.1f} tokens/param")
 
     def save(step: int, val_bpb: float | None) -> None:
         meta = {**run_meta, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
-        save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, loader_state)
+        save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, loader_state, args.keep_last)
         print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
 
     core_tasks = load_tasks(get_eval_bundle_dir()) if args.core_metric_every > 0 else None
     # ---- the loop: step counts finished optimizer steps; the last pass only evaluates and saves ----
     step, val_bpb, samples, core = start_step, None, [], None
     while True:
-        last = step == num_iterations
+        # the data loops over the shards, but if it ever ends it ends on every rank at the same step
+        last = step == num_iterations or not train_batches.have_next_step()
         # a resumed run already evaluated this step before it saved
         evaluated_before = step == start_step > 0
         if last or (args.eval_every > 0 and step % args.eval_every == 0 and not evaluated_before):
             model.eval()
             val_batches = tokenizing_distributed_data_loader(B, T, "val", tokenizer=tokenizer, device=device)
-            val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
+            # the compiled model: evaluation batches have the training shape, so no recompilation
+            val_bpb = evaluate_bpb(train_model, val_batches, eval_steps, token_bytes, autocast)
             model.train()
             wandb_run.log(log.eval(step, "val_bpb", val_bpb))
         if core_tasks and (last or step % args.core_metric_every == 0) and not evaluated_before:
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
         apply_schedule(optimizers, lrm, muon_momentum(step))
         t0 = time.perf_counter()
-        loss, (loader_state,) = train_step(train_model, optimizers, train_batches, grad_accum_steps, autocast)
+        loss, (loader_state,) = train_step(train_model, optimizers, train_batches, autocast)
         loss_value = all_reduce_mean(loss).item()  # .item() also waits for the device
         dt = time.perf_counter() - t0
         stop_if_not_finite(loss_value, step)

@@ -76,7 +76,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     """Optimizer steps per second of a fresh model on random tokens, once per dtype, same model and data."""
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
-    from nanochat.training import autocast_context, peak_flops, train_step
+    from nanochat.training import StepBatches, autocast_context, peak_flops, train_step
 
     device_type = args.device_type or autodetect_device_type()
     device = torch.device(device_type)
@@ -91,13 +91,13 @@ def bench_train(args: argparse.Namespace) -> dict:
         optimizers = model.setup_optimizers()
         train_model = torch.compile(model) if args.compile else model
         autocast = autocast_context(device_type, getattr(torch, dtype_name))
-        batches = iter(lambda: (data[:, :-1], data[:, 1:]), None)
+        batches = StepBatches(iter(lambda: (data[:, :-1], data[:, 1:]), None), 1)
         for _ in range(args.warmup):
-            train_step(train_model, optimizers, batches, 1, autocast)
+            train_step(train_model, optimizers, batches, autocast)
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            loss, _ = train_step(train_model, optimizers, batches, 1, autocast)
+            loss, _ = train_step(train_model, optimizers, batches, autocast)
         loss.item()
         _sync(device)
         dt = (time.perf_counter() - t0) / args.steps

@@ -23,16 +23,20 @@ from nanochat.common import autodetect_device_type, compute_cleanup, compute_ini
 from nanochat.engine import Engine
 from nanochat.report import get_report
 from nanochat.training import (
+    StepBatches,
     StepLog,
     add_stage_args,
     apply_schedule,
     autocast_context,
+    compile_model,
+    plan_or_exit,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
     scale_learning_rates,
     stop_if_not_finite,
     train_step_token_normalized,
+    wants_compile,
 )
 from tasks.gsm8k import GSM8K
 
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    dtype = resolve_dtype(device_type, args.dtype)
+    autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-rl", vars(args), rank == 0)
     if args.examples_per_step % world_size:
         sys.exit(f"error: --examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
@@ -126,13 +131,21 @@ def main(argv: list[str] | None = None) -> dict:
     num_iterations = args.num_iterations
     if num_iterations <= 0:
         num_iterations = len(train_task) // args.examples_per_step * args.num_epochs
+    use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rollouts differ in length
+    plan_or_exit(model.config, args.device_batch_size, model.config.sequence_len, world_size, dtype, use_compile, device,
+                 args, {
+        "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
+        "steps": f"{num_iterations:,} of {args.examples_per_step} problems × {args.num_samples} samples",
+        "batch": f"rows of at most {model.config.sequence_len} tokens, {args.device_batch_size} per forward pass "
+                 f"on each of {world_size} ranks",
+        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
+    })
+    train_model = compile_model(model, use_compile, fixed_shapes=False)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
     start_step, _, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
-    print0(f"RL of {model_tag} from {args.source}: {num_iterations} steps of {args.examples_per_step} problems × "
-           f"{args.num_samples} samples")
 
     engine = Engine(model, tokenizer)
     pad = tokenizer.get_bos_token_id()
@@ -150,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                 wandb_run.log(log.eval(step, f"pass@{k}", pass_at_k[k]))
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
             meta = {**run_meta, "user_config": vars(args), "pass_at_k": pass_at_k, "loop_state": log.state}
-            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, {"next_step": step})
+            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, {"next_step": step}, args.keep_last)
             print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
         if last:
             break
@@ -172,9 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
         model.train()
         lrm = 1.0 - step / num_iterations
         apply_schedule(optimizers, lrm)
-        batches = rollout_batches(rows, masks, advantages, pad, args.device_batch_size, device)
         num_micro_batches = -(-len(rows) // args.device_batch_size)
-        loss, num_tokens, _ = train_step_token_normalized(model, optimizers, batches, num_micro_batches, autocast,
+        batches = StepBatches(rollout_batches(rows, masks, advantages, pad, args.device_batch_size, device),
+                              num_micro_batches)
+        loss, num_tokens, _ = train_step_token_normalized(train_model, optimizers, batches, autocast,
                                                           loss_fn=policy_gradient_loss)
         dt = time.perf_counter() - t0
         stats = torch.tensor([sum(rewards), len(rewards), sum(len(r) for r in rows)], dtype=torch.float64, device=device)

@@ -21,16 +21,20 @@ from nanochat.loss_eval import evaluate_loss
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_categorical
 from nanochat.training import (
+    StepBatches,
     StepLog,
     add_stage_args,
     apply_schedule,
     autocast_context,
+    compile_model,
+    plan_or_exit,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
     scale_learning_rates,
     stop_if_not_finite,
     train_step_token_normalized,
+    wants_compile,
 )
 from tasks.arc import ARC
 from tasks.common import TaskMixture
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
     p.add_argument("--smoltalk_size", type=int, default=10_000)
     p.add_argument("--spelling_size", type=int, default=300)
+    p.add_argument("--max_conversations", type=int, default=0,
+                   help="train on only the first N conversations of the shuffled mixture (0: all; for quick trials)")
     p.add_argument("--eval_every", type=int, default=100)
     p.add_argument("--eval_steps", type=int, default=100)
     p.add_argument("--eval_metrics_every", type=int, default=200)
@@ -59,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_datasets(smoltalk_size: int, spelling_size: int) -> tuple[TaskMixture, SmolTalk]:
+def build_datasets(smoltalk_size: int, spelling_size: int, max_conversations: int = 0) -> tuple[TaskMixture, SmolTalk]:
     identity = get_identity_conversations()
     train = TaskMixture([
         ARC(subset="ARC-Easy", split="train"),
@@ -69,7 +75,7 @@ def build_datasets(smoltalk_size: int, spelling_size: int) -> tuple[TaskMixture,
         CustomJSON(identity),
         SimpleSpelling(size=spelling_size, split="train"),
         SpellingBee(size=spelling_size, split="train"),
-    ])
+    ], stop=max_conversations or None)
     return train, SmolTalk(split="test")
 
 
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    dtype = resolve_dtype(device_type, args.dtype)
+    autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-sft", vars(args), rank == 0)
     try:
         model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
@@ -93,25 +100,34 @@ def main(argv: list[str] | None = None) -> dict:
                  f"device_batch_size × world_size = {examples_per_micro_step}")
     grad_accum_steps = args.target_examples_per_step // examples_per_micro_step
 
-    train_set, val_set = build_datasets(args.smoltalk_size, args.spelling_size)
+    train_set, val_set = build_datasets(args.smoltalk_size, args.spelling_size, args.max_conversations)
     num_iterations = args.num_iterations
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
+    use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rows are padded per batch
+    plan_or_exit(model.config, B, max_len, world_size, dtype, use_compile, device, args, {
+        "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
+        "data": f"{len(train_set):,} conversations, each on its own row of at most {max_len} tokens",
+        "steps": f"{num_iterations:,} of {args.target_examples_per_step} conversations",
+        "batch": f"{grad_accum_steps} micro-batches of {B} on each of {world_size} ranks",
+        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
+    })
+    train_model = compile_model(model, use_compile, fixed_shapes=False)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
     start_step, data_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
-    print0(f"SFT of {model_tag} from {args.source}: {len(train_set):,} conversations, {num_iterations} steps of "
-           f"{args.target_examples_per_step} ({grad_accum_steps} micro-batches of {B} per rank)")
 
-    batches = sft_loader(train_set, tokenizer, B, max_len, device, loop=True, resume_state=data_state)
+    batches = StepBatches(sft_loader(train_set, tokenizer, B, max_len, device, loop=True, resume_state=data_state),
+                          grad_accum_steps)
     log = StepLog(0, world_size=world_size, state=log_state)
     metric_tasks = {"MMLU": MMLU(subset="all", split="test"), "ARC-Easy": ARC(subset="ARC-Easy", split="test")}
 
     step, val_loss, metrics = start_step, None, {}
     while True:
-        last = step == num_iterations
+        # the loader loops over the data, but the last step is still decided the same way on every rank
+        last = step == num_iterations or not batches.have_next_step()
         fresh = not step == start_step > 0  # a resumed run evaluated this step before saving
         if (last or (args.eval_every > 0 and step % args.eval_every == 0)) and fresh:
             model.eval()
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.train()
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
             meta = {**run_meta, "user_config": vars(args), "val_loss": val_loss, "loop_state": log.state}
-            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state)
+            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state, args.keep_last)
             print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
         if last:
             break
@@ -137,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         lrm = 1.0 - step / num_iterations  # linear to zero
         apply_schedule(optimizers, lrm)
         t0 = time.perf_counter()
-        loss, num_tokens, (data_state,) = train_step_token_normalized(model, optimizers, batches, grad_accum_steps, autocast)
+        loss, num_tokens, (data_state,) = train_step_token_normalized(train_model, optimizers, batches, autocast)
         loss_value = loss.item()
         dt = time.perf_counter() - t0
         stop_if_not_finite(loss_value, step)

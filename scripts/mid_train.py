@@ -23,19 +23,25 @@ from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
 from nanochat.training import (
+    StepBatches,
     StepLog,
     add_stage_args,
     all_reduce_mean,
     apply_schedule,
     autocast_context,
+    compile_model,
     grad_accum_steps_for,
     lr_multiplier,
+    muon_momentum,
+    peak_flops,
+    plan_or_exit,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
     scale_learning_rates,
     stop_if_not_finite,
     train_step,
+    wants_compile,
 )
 from tasks.common import TaskMixture
 from tasks.customjson import CustomJSON, get_identity_conversations
@@ -48,19 +54,20 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Mid-train a base model on conversations.")
     add_stage_args(p, source="base", init_lr_frac=1.0)
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--max_seq_len", type=int, default=0, help="row length (0: the model's sequence length)")
     p.add_argument("--device_batch_size", type=int, default=32)
     p.add_argument("--total_batch_size", type=int, default=524288)
     p.add_argument("--num_iterations", type=int, default=-1, help="-1: one pass over the mixture")
     p.add_argument("--spelling_size", type=int, default=200_000, help="SimpleSpelling examples (SpellingBee gets 40%%)")
+    p.add_argument("--max_conversations", type=int, default=0,
+                   help="train on only the first N conversations of the shuffled mixture (0: all; for quick trials)")
     p.add_argument("--eval_every", type=int, default=150)
     p.add_argument("--eval_tokens", type=int, default=20 * 524288)
     p.add_argument("--save_every", type=int, default=-1)
     return p.parse_args(argv)
 
 
-def build_mixtures(spelling_size: int) -> tuple[TaskMixture, TaskMixture]:
+def build_mixtures(spelling_size: int, max_conversations: int = 0) -> tuple[TaskMixture, TaskMixture]:
     identity = get_identity_conversations()
     train = TaskMixture([
         SmolTalk(split="train"),
@@ -70,7 +77,7 @@ def build_mixtures(spelling_size: int) -> tuple[TaskMixture, TaskMixture]:
         CustomJSON(identity),  # twice: the model should know who it is
         SimpleSpelling(size=spelling_size, split="train"),
         SpellingBee(size=int(0.4 * spelling_size), split="train"),
-    ])
+    ], stop=max_conversations or None)
     val = TaskMixture([SmolTalk(split="test"), MMLU(subset="all", split="test", stop=5200),
                        GSM8K(subset="main", split="test", stop=420)])
     return train, val
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
+    dtype = resolve_dtype(device_type, args.dtype)
+    autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-mid", vars(args), rank == 0)
     try:
         model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
@@ -98,52 +106,57 @@ def main(argv: list[str] | None = None) -> dict:
     T = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
+    train_set, val_set = build_mixtures(args.spelling_size, args.max_conversations)
+    use_compile = wants_compile(args.compile, device_type, fixed_shapes=True)  # packed rows: always B×T
+    plan_or_exit(model.config, B, T, world_size, dtype, use_compile, device, args, {
+        "model": f"{model_tag} from {args.source} step {source_meta['step']}: {model.num_params():,} parameters",
+        "data": f"{len(train_set):,} conversations packed into rows of {T} tokens",
+        "steps": f"{args.num_iterations:,} of {args.total_batch_size:,} tokens" if args.num_iterations > 0
+                 else f"one pass over the data, {args.total_batch_size:,} tokens a step",
+        "batch": f"{grad_accum_steps} micro-batches of {B}×{T} on each of {world_size} ranks",
+        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
+    })
+    train_model = compile_model(model, use_compile, fixed_shapes=True)
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": source_meta["step"]}
     start_step, data_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, {k: v for k, v in run_meta.items() if k != "source_step"})
 
-    train_set, val_set = build_mixtures(args.spelling_size)
-    print0(f"mid-training {model_tag} on {len(train_set):,} conversations, rows of {T} tokens, "
-           f"{grad_accum_steps} micro-batches of {B} per rank per step")
-    train_model = torch.compile(model) if args.compile == "on" or (args.compile == "auto" and device_type == "cuda") else model
-    batches = packed_conversation_loader(train_set, tokenizer, B, T, device, loop=args.num_iterations > 0,
-                                         resume_state=data_state)
+    batches = StepBatches(packed_conversation_loader(train_set, tokenizer, B, T, device, loop=args.num_iterations > 0,
+                                                     resume_state=data_state), grad_accum_steps)
     token_bytes = get_token_bytes(device)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
-    log = StepLog(args.total_batch_size, model.estimate_flops(), None, world_size, log_state)
+    log = StepLog(args.total_batch_size, model.estimate_flops(), peak_flops(device), world_size, log_state)
 
-    step, val_bpb, exhausted = start_step, None, False
+    step, val_bpb = start_step, None
     progress = 0.0 if data_state is None else data_state["progress"]
     while True:
-        last = exhausted or step == args.num_iterations
+        # each rank packs its own conversations, so ranks run dry at different steps: the run ends
+        # when any rank cannot fill another step, decided together so no rank is left in a collective
+        last = step == args.num_iterations or not batches.have_next_step()
         if last or (args.eval_every > 0 and step % args.eval_every == 0 and not step == start_step > 0):
             model.eval()
             val_batches = packed_conversation_loader(val_set, tokenizer, B, T, device, loop=True)
-            val_bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, autocast)
+            val_bpb = evaluate_bpb(train_model, val_batches, eval_steps, token_bytes, autocast)  # same shapes: compiled
             model.train()
             wandb_run.log(log.eval(step, "val_bpb", val_bpb))
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
             meta = {**run_meta, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
-            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state)
+            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state, args.keep_last)
             print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
         if last:
             break
 
         lrm = lr_for_progress(step, args.num_iterations, progress)
-        apply_schedule(optimizers, lrm)
+        apply_schedule(optimizers, lrm, muon_momentum(step))
         t0 = time.perf_counter()
-        try:
-            loss, (data_state,) = train_step(train_model, optimizers, batches, grad_accum_steps, autocast)
-        except StopIteration:  # one pass over the data is done; a partial step is dropped
-            model.zero_grad(set_to_none=True)
-            exhausted = True
-            continue
+        loss, (data_state,) = train_step(train_model, optimizers, batches, autocast)
         loss_value = all_reduce_mean(loss).item()
         dt = time.perf_counter() - t0
         stop_if_not_finite(loss_value, step)
-        progress = data_state["progress"]
+        # the mean over ranks: every rank must set the same learning rate on its optimizer shard
+        progress = all_reduce_mean(torch.tensor(data_state["progress"], dtype=torch.float64, device=device)).item()
         wandb_run.log(log.step(step, args.num_iterations if args.num_iterations > 0 else None, loss_value, dt, lrm,
                                progress=progress))
         step += 1

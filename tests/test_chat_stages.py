@@ -12,7 +12,7 @@ from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
 from nanochat.dataloader import packed_conversation_loader, sft_batch, sft_loader
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import get_tokenizer_dir
-from nanochat.training import train_step_token_normalized
+from nanochat.training import StepBatches, train_step_token_normalized
 from scripts import chat_rl, chat_sft, mid_train
 from tasks.common import TaskMixture
 from tasks.gsm8k import GSM8K
@@ -105,7 +105,8 @@ def test_sft_loader_strides_ranks_and_resumes(offline, tiny_tokenizer, monkeypat
 def _token_normalized_params(micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     model = make_tiny_model()
     optimizers = model.setup_optimizers()
-    loss, _, _ = train_step_token_normalized(model, optimizers, iter(micro_batches), len(micro_batches), NO_AUTOCAST)
+    loss, _, _ = train_step_token_normalized(model, optimizers, StepBatches(iter(micro_batches), len(micro_batches)),
+                                             NO_AUTOCAST)
     assert torch.isfinite(loss)
     return model.state_dict()
 
@@ -122,7 +123,7 @@ def test_token_normalization_is_invariant_to_micro_batching_and_empty_batches():
     # a step whose every target is masked is a no-op, not NaN
     model = make_tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, n, _ = train_step_token_normalized(model, model.setup_optimizers(), iter([(x, torch.full_like(y, -1))]), 1,
+    loss, n, _ = train_step_token_normalized(model, model.setup_optimizers(), StepBatches(iter([(x, torch.full_like(y, -1))]), 1),
                                              NO_AUTOCAST)
     assert n == 0 and loss.item() == 0.0
     for k, v in model.state_dict().items():
@@ -144,7 +145,8 @@ def test_policy_gradient_raises_the_probability_of_rewarded_answers(tiny_tokeniz
 
     before_good, before_bad = logprob(rows[0]), logprob(rows[1])
     optimizers = model.setup_optimizers(unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.01)
-    train_step_token_normalized(model, optimizers, iter(batches), 2, NO_AUTOCAST, loss_fn=chat_rl.policy_gradient_loss)
+    train_step_token_normalized(model, optimizers, StepBatches(iter(batches), 2), NO_AUTOCAST,
+                                loss_fn=chat_rl.policy_gradient_loss)
     assert logprob(rows[0]) > before_good and logprob(rows[1]) < before_bad
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nanochat.optimizers import NS_COEFFICIENTS, Muon, adamw_update_, zeropower_via_newtonschulz5
-from nanochat.training import train_step
+from nanochat.training import StepBatches, train_step
 from tiny import GLOBAL_BATCH, STEPS, make_batches, make_tiny_model
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
@@ -79,7 +79,8 @@ def _train(micro_batches: int) -> dict[str, torch.Tensor]:
     optimizers = model.setup_optimizers()
     rows = GLOBAL_BATCH // micro_batches
     batches = ((x[i : i + rows], y[i : i + rows]) for x, y in make_batches() for i in range(0, GLOBAL_BATCH, rows))
-    losses = [train_step(model, optimizers, batches, micro_batches, NO_AUTOCAST)[0].item() for _ in range(STEPS)]
+    steps = StepBatches(batches, micro_batches)
+    losses = [train_step(model, optimizers, steps, NO_AUTOCAST)[0].item() for _ in range(STEPS)]
     return {"losses": torch.tensor(losses), **model.state_dict()}
 
 

@@ -11,7 +11,7 @@ import torch
 
 from nanochat.common import compute_cleanup, compute_init
 from nanochat.optimizers import DistAdamW, DistMuon
-from nanochat.training import train_step
+from nanochat.training import StepBatches, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import GLOBAL_BATCH, STEPS, make_batches, make_tiny_model  # noqa: E402
@@ -24,8 +24,9 @@ def main(out_path: str) -> None:
     assert isinstance(optimizers[0], DistAdamW) and isinstance(optimizers[1], DistMuon)
     rows = GLOBAL_BATCH // world_size
     batches = ((x[rank * rows : (rank + 1) * rows], y[rank * rows : (rank + 1) * rows]) for x, y in make_batches())
+    steps = StepBatches(batches, 1)
     for _ in range(STEPS):
-        train_step(model, optimizers, batches, 1, torch.autocast("cpu", enabled=False))
+        train_step(model, optimizers, steps, torch.autocast("cpu", enabled=False))
     # the AdamW state is sharded: each rank keeps about 1/world_size of every parameter's moments
     adam_state_numel = sum(s["exp_avg"].numel() for s in optimizers[0].state.values())
     adam_param_numel = sum(p.numel() for g in optimizers[0].param_groups for p in g["params"])
