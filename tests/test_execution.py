@@ -1,13 +1,15 @@
 """
-nanochat.execution: running model-written code in a throwaway process. Outcomes (success,
+nanochat.execution: running model-written code in a bubblewrap sandbox. Outcomes (success,
 exceptions, syntax errors, early exits), limits that must hold whatever the code does
-(wall clock, memory, output size), the guard against destructive calls, the isolation of
-each run (cwd, environment, stdin, globals), and HumanEval's canonical and broken solutions.
+(wall clock, memory, output size, processes), the isolation of each run (cwd, environment,
+stdin, globals), every escape and forgery of issue 16 (refused), and HumanEval's canonical
+and broken solutions.
 """
 
 import gzip
 import json
 import os
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +17,25 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import shared_data_path
 
-from nanochat.execution import DEFAULT_MAX_OUTPUT_BYTES, ExecutionResult, execute_code
+import nanochat.execution as execution
+from nanochat.execution import (
+    DEFAULT_MAX_OUTPUT_BYTES, MAX_TASKS, ExecutionResult, SandboxUnavailable, check_sandbox, execute_code,
+)
 
-LINUX = sys.platform.startswith("linux")
 SLACK_S = 2.0  # how much later than its timeout a run may return on a busy 2-core machine
+
+
+def _sandbox_missing() -> str | None:
+    try:
+        check_sandbox()
+    except SandboxUnavailable as e:
+        return str(e)
+    return None
+
+
+_MISSING = _sandbox_missing()
+# CI installs bubblewrap (.ci/run); elsewhere the reason says what to install or enable
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox on this machine: {_MISSING}")
 
 
 def run(code: str, **kwargs) -> ExecutionResult:
@@ -65,8 +82,9 @@ def test_syntax_error():
     ("import sys\nsys.exit()", "SystemExit"),
     ("raise SystemExit(3)", "SystemExit: 3"),
     ("import os\nos._exit(0)\nassert False", "process exited with status 0 before the code finished"),
-    ("exit()", "PermissionError: exit is disabled in the sandbox"),
-    ("quit(0)", "PermissionError: quit is disabled in the sandbox"),
+    ("exit()", "SystemExit: None"),
+    ("quit(0)", "SystemExit: 0"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "process killed by SIGKILL"),
 ])
 def test_exiting_early_is_a_failure(code, error):
     # documented decision: success means the code ran to its end; an early exit skips what
@@ -95,8 +113,8 @@ BLOCKERS = {
     "busy_loop": "while True:\n    pass",
     "sleep": "import time\ntime.sleep(100)",
     "ignores_sigterm": "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(100)",
-    # libc fork through ctypes gets past the guard: both processes then block
-    "forks_and_blocks": "import ctypes, time\nctypes.CDLL(None).fork()\nprint('forked', flush=True)\ntime.sleep(100)",
+    "forks_and_blocks": "import os, time\nos.fork()\nprint('forked', flush=True)\ntime.sleep(100)",
+    "setsid_child_blocks": "import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(100)",
     "closes_its_output": "import os, time\nprint('bye', flush=True)\nos.close(1)\nos.close(2)\ntime.sleep(100)",
     "blocks_in_a_thread": "import threading\nthreading.Event().wait()",
     "prints_forever": "while True:\n    print('y' * 10000)",
@@ -114,26 +132,36 @@ def test_timeout_returns_in_time(name):
     assert len(r.stdout) <= DEFAULT_MAX_OUTPUT_BYTES + 200
 
 
-def _process_state(pid: int) -> str:
-    """'Z' for a zombie, '' when gone (this container's init may never reap orphans)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(line.split()[1] for line in f if line.startswith("State:"))
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
+def _host_processes_with(marker: str) -> list[int]:
+    """Pids, on this machine, of processes whose command line contains `marker` (live ones, not zombies)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:  # gone meanwhile
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(pid))
+    return found
 
 
-@pytest.mark.skipif(not LINUX, reason="uses libc fork through ctypes and /proc")
+def _marker() -> str:
+    """A `sleep` duration no other process on this machine uses: it names the code's processes."""
+    return f"{1000 + time.time_ns() % 10**9 / 1e6:.6f}"
+
+
 def test_process_left_behind_is_killed_and_does_not_hold_the_result():
     # the code ends at once, but a forked child keeps the output pipes open and sleeps
-    code = "import ctypes, time\npid = ctypes.CDLL(None).fork()\nif pid == 0:\n    time.sleep(100)\nprint(pid, flush=True)"
+    marker = _marker()
+    code = f"import os\nif os.fork() == 0:\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\nprint('parent done')"
     start = time.monotonic()
     r = execute_code(code, timeout=10)
     assert time.monotonic() - start < SLACK_S
-    assert r.success and not r.timeout, r
-    grandchild = int(r.stdout)
-    time.sleep(0.2)
-    assert _process_state(grandchild) in ("", "Z")
+    assert r.success and not r.timeout and r.stdout == "parent done\n", r
+    assert _host_processes_with(marker) == []
 
 
 def test_non_daemon_thread_does_not_hold_the_result():
@@ -151,15 +179,16 @@ def test_closing_stdout_then_finishing_is_fine():
 # --- memory and output limits ------------------------------------------------------------
 
 
-@pytest.mark.skipif(not LINUX, reason="RLIMIT_AS is enforced on Linux only")
-@pytest.mark.parametrize("code", [
-    "x = bytearray(2 * 1024**3)",
-    "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024**2))",  # memory stays full while the error is reported
+@pytest.mark.parametrize("code,error", [
+    ("x = bytearray(2 * 1024**3)", "MemoryError"),
+    # memory stays full while the error is reported
+    ("chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024**2))", "MemoryError"),
+    ("import mmap\nm = mmap.mmap(-1, 2 * 1024**3)", "OSError: [Errno 12] Cannot allocate memory"),
 ])
-def test_memory_limit(code):
+def test_memory_limit(code, error):
     r = execute_code(code, timeout=10, maximum_memory_bytes=256 * 1024**2)
     assert r.memory_exceeded and not r.success and not r.timeout, r
-    assert r.error.startswith("MemoryError")
+    assert r.error == error
 
 
 def test_no_memory_limit_when_none():
@@ -183,85 +212,326 @@ def test_output_cap_is_configurable():
     assert r.stdout.startswith("aaaaaaaaaa\n[stdout truncated: 91 more bytes")
 
 
-# --- the guard ------------------------------------------------------------------------------
-
-GUARD_PROBE = r"""
-import json, os, shutil, signal, subprocess
-open('keep.txt', 'w').write('precious')
-os.mkdir('keepdir')
-open('keepdir/inner.txt', 'w').write('precious')
-attempts = {
-    'os.system': lambda: os.system('rm keep.txt'),
-    'os.remove': lambda: os.remove('keep.txt'),
-    'os.unlink': lambda: os.unlink('keep.txt'),
-    'os.rename': lambda: os.rename('keep.txt', 'moved.txt'),
-    'os.replace': lambda: os.replace('keepdir/inner.txt', 'keep.txt'),
-    'os.truncate': lambda: os.truncate('keep.txt', 0),
-    'os.chmod': lambda: os.chmod('keep.txt', 0),
-    'os.rmdir': lambda: os.rmdir('keepdir'),
-    'os.putenv': lambda: os.putenv('X', '1'),
-    'os.environ': lambda: os.environ.__setitem__('X', '1'),
-    'os.fork': lambda: os.fork(),
-    'os.execv': lambda: os.execv('/bin/true', ['true']),
-    'os.setsid': lambda: os.setsid(),
-    'os.symlink': lambda: os.symlink('keep.txt', 'link'),
-    'shutil.rmtree': lambda: shutil.rmtree('keepdir'),
-    'shutil.move': lambda: shutil.move('keep.txt', 'moved.txt'),
-    'subprocess.Popen': lambda: subprocess.Popen(['rm', 'keep.txt']),
-    'subprocess.run': lambda: subprocess.run(['rm', 'keep.txt']),
-    'os.popen': lambda: os.popen('rm keep.txt'),
-    'multiprocessing': lambda: __import__('multiprocessing').get_context('spawn').Process(target=print).start(),
-    'faulthandler.disable': lambda: __import__('faulthandler').disable(),
-    # last, so that with a broken guard they cannot make the others act elsewhere
-    'os.chdir': lambda: os.chdir('keepdir'),
-    'os.kill': lambda: os.kill(os.getpid(), signal.SIGKILL),
-    'os.killpg': lambda: os.killpg(os.getpgid(0), signal.SIGKILL),
-}
-outcome = {}
-for name, attempt in attempts.items():
-    try:
-        attempt()
-        outcome[name] = 'ran'
-    except PermissionError as e:
-        outcome[name] = str(e)
-    except Exception as e:
-        outcome[name] = f'{type(e).__name__}: {e}'
-outcome['files'] = sorted(os.listdir('.')) + sorted(os.listdir('keepdir'))
-outcome['content'] = open('keep.txt').read() + open('keepdir/inner.txt').read()
-print(json.dumps(outcome))
-"""
+# --- the boundary: issue 16's escapes and forgeries, each refused ---------------------------
+# Before the sandbox (a guard of disabled Python functions in a plain child process) every
+# one of these worked; the table in the report of issue 16 lists them.
 
 
-def test_guard_disables_destructive_functions():
-    r = run(GUARD_PROBE)
-    assert r.success, r
-    outcome = json.loads(r.stdout)
-    assert outcome.pop("files") == ["keep.txt", "keepdir", "inner.txt"]  # nothing removed, moved or linked
-    assert outcome.pop("content") == "preciousprecious"  # nor truncated
-    not_blocked = {name: what for name, what in outcome.items() if "is disabled in the sandbox" not in what}
-    assert not not_blocked
-
-
-def test_guard_leaves_ordinary_work_alone():
+def test_ordinary_work_runs():
     code = (
-        "import os, tempfile, json, math, re, collections, itertools, hashlib, threading\n"
+        "import os, tempfile, json, math, re, collections, itertools, hashlib, threading, subprocess, shutil\n"
         "with open('a.txt', 'w') as f:\n    f.write('data')\n"
         "os.makedirs('d/e')\n"
         "with tempfile.NamedTemporaryFile('w', delete=False) as f:\n    f.write('t')\n"
         "t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
-        "print(open('a.txt').read(), sorted(os.listdir('.')) == sorted(['a.txt', 'd', os.path.basename(f.name)]),"
-        " hashlib.md5(b'x').hexdigest()[:6], math.comb(5, 2))\n"
+        "listing = sorted(os.listdir('.')) == sorted(['a.txt', 'd', os.path.basename(f.name)])\n"
+        "os.remove('a.txt'); shutil.rmtree('d')  # its own files are its own to delete\n"
+        "echo = subprocess.run(['sh', '-c', 'echo $((6 * 7))'], capture_output=True, text=True).stdout.strip()\n"
+        "print(listing, sorted(os.listdir('.')) == [os.path.basename(f.name)],"
+        " hashlib.md5(b'x').hexdigest()[:6], math.comb(5, 2), echo)\n"
     )
     r = run(code)
     assert r.success, r
-    assert r.stdout == "data True 9dd4e4 10\n"
+    assert r.stdout == "True True 9dd4e4 10 42\n"
 
 
-def test_guard_does_not_touch_the_caller():
-    before = (os.remove, os.system, os.kill)
-    run("import os\nos.remove")
-    assert (os.remove, os.system, os.kill) == before
-    assert "disabled" not in repr(os.remove)
+# every int found in the runner's frames, every fd a process could hold: the forger writes a
+# fake report (old JSON format and the token format, with every string it can find) to all
+FORGE = r"""
+import os, sys
+payloads = [b'{"success": true}', b'{"success": true, "error": null, "memory_exceeded": false}']
+frame, fds = sys._getframe(), set(range(3, 256))
+while frame is not None:
+    for value in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 4096:
+            fds.add(value)
+        if isinstance(value, (str, bytes)) and len(value) < 200:
+            text = value.encode() if isinstance(value, str) else value
+            payloads += [b"OK " + text, text]
+    frame = frame.f_back
+print(len(payloads) > 2, len(fds) > 250, flush=True)
+for fd in sorted(fds):
+    for payload in payloads:
+        try:
+            os.write(fd, payload)
+        except OSError:
+            pass
+"""
+
+
+@pytest.mark.parametrize("ending", ["os._exit(0)", "sys.exit(0)", "assert False", "pass"])
+def test_forged_report_is_not_success(ending):
+    # issue 16: `fd = sys._getframe(1).f_locals["result_fd"]; os.write(fd, b'{"success": true}');
+    # os._exit(0)` then `assert False` gave success=True. Here even a run that then ends
+    # normally ("pass") loses its success: the code wrote into the result pipe.
+    r = run(FORGE + ending + "\n")
+    assert r.stdout.startswith("True True\n")
+    assert not r.success, r
+
+
+def test_proc_is_not_mounted():
+    # issue 16: scanning /proc/self/fd found the result fd; /proc/<ppid>/ also showed the caller
+    r = run("import os\nprint(os.path.exists('/proc'), os.path.exists('/proc/self/fd'), os.path.exists('/sys'))")
+    assert r.success and r.stdout == "False False False\n", r
+
+
+@pytest.mark.parametrize("attempt", [
+    "import gc\nprint(len(gc.get_objects()))",
+    "import gc, sys\nprint(gc.get_referrers(sys._getframe()))",
+    "import gc, sys\nprint(gc.get_referents(sys._getframe()))",
+    "import sys\nprint(sys._current_frames())",
+    "import sys\nsys.settrace(lambda *a: None)",
+    "import sys\nsys.setprofile(lambda *a: None)",
+    "def f(): pass\nf.__code__.replace(co_consts=(1,))",
+    "import marshal\nmarshal.loads(marshal.dumps(compile('1', 's', 'eval')))",
+    "import ctypes",
+    "import _ctypes",
+    "import _testcapi",
+    "import _xxsubinterpreters",
+])
+def test_roads_to_the_watchers_token_are_refused(attempt):
+    # the success token lives in the watcher thread's frame: reachable only through these
+    # (frames of other threads, gc walks, raw memory, hand-made code objects), or made
+    # forgeable by them (tracing can move a frame)
+    r = run(attempt)
+    assert not r.success, r
+    assert r.error.startswith("PermissionError:") and "refused in the sandbox" in r.error, r
+
+
+def test_refusals_that_surface_as_other_errors():
+    # the same refusals, reported by the calls that wrap them
+    r = run("import _imp, marshal\n_imp.get_frozen_object('zipimport', marshal.dumps(compile('1', 's', 'exec')))")
+    assert r.error == "ImportError: Frozen object named 'zipimport' is invalid", r  # unmarshalling refused
+    r = run("import threading\nthreading.settrace(print)\nt = threading.Thread(target=print)\nt.start()\nt.join()")
+    assert r.success and "PermissionError: sys.settrace is refused in the sandbox" in r.stderr, r  # the thread died
+    # a new audit hook is silently not added (CPython drops it when a hook objects)
+    r = run("import sys\nsys.addaudithook(lambda event, args: print('HOOK', event))\nimport json\nopen('x', 'w')")
+    assert r.success and "HOOK" not in r.stdout, r
+
+
+def test_c_extensions_only_from_the_interpreters_lib_dynload():
+    # a .so the code writes itself would run native code in the runner: copy the interpreter's
+    # own `math` extension into the working directory and import it from there
+    code = (
+        "import math, shutil, sys, os\n"
+        "shutil.copy(math.__file__, os.path.basename(math.__file__))\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "del sys.modules['math']\n"
+        "import math\n"
+    )
+    r = run(code)
+    assert not r.success and r.error.startswith("PermissionError: loading the C extension"), r
+
+
+def test_commands_run_inside_the_sandbox_only(tmp_path):
+    # issue 16: `del sys.modules['posix']; import posix; posix.system(...)`,
+    # `_imp.create_builtin(...)` and reloading `subprocess` ran commands as root on the host;
+    # now commands run, but as nobody, inside the sandbox, where the host's files do not exist
+    host_file = tmp_path / "pwned"
+    shell = f"id -u > /dev/null; touch {host_file} 2>/dev/null; id -u"
+    code = (
+        "import sys, importlib, importlib.machinery, _imp\n"
+        "del sys.modules['posix']\n"
+        "import posix\n"
+        f"posix.system({shell!r})\n"
+        "fresh = _imp.create_builtin(importlib.machinery.ModuleSpec('posix', None, origin='built-in'))\n"
+        f"fresh.system({shell!r})\n"
+        "sys.modules.pop('_posixsubprocess', None)\n"
+        "import subprocess\n"
+        "subprocess = importlib.reload(subprocess)\n"
+        f"print(subprocess.run(['sh', '-c', {shell!r}], capture_output=True, text=True).stdout, end='')\n"
+    )
+    r = run(code)
+    assert r.success, r
+    assert r.stdout == "65534\n65534\n65534\n"
+    assert not host_file.exists()
+
+
+def test_files_outside_the_working_directory_cannot_be_changed(tmp_path):
+    # issue 16: files outside the temp dir could be written and deleted
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    code = (
+        "import os, shutil\n"
+        "attempts = {\n"
+        f"    'write host file': lambda: open({str(precious)!r}, 'w'),\n"
+        f"    'delete host file': lambda: os.remove({str(precious)!r}),\n"
+        "    'write /tmp': lambda: open('/tmp/x', 'w'),\n"
+        "    'write /': lambda: open('/x', 'w'),\n"
+        "    'append /etc/passwd': lambda: open('/etc/passwd', 'a'),\n"
+        "    'delete /usr/bin/env': lambda: os.remove('/usr/bin/env'),\n"
+        "    'rmtree stdlib': lambda: shutil.rmtree(os.path.dirname(os.__file__)),\n"
+        "    'chmod /dev/null': lambda: os.chmod('/dev/null', 0),\n"
+        "    'mkdir /usr/x': lambda: os.mkdir('/usr/x'),\n"
+        "}\n"
+        "for name, attempt in attempts.items():\n"
+        "    try:\n"
+        "        attempt()\n"
+        "        print(name, 'WORKED')\n"
+        "    except OSError as e:\n"
+        "        print(name, 'refused', e.errno)\n"
+        "print(os.path.exists(os.__file__), os.path.exists('/usr/bin/env'))\n"
+    )
+    r = run(code)
+    assert r.success, r
+    lines = r.stdout.splitlines()
+    assert len(lines) == 10 and all(" refused " in line for line in lines[:9]), r.stdout
+    assert lines[9] == "True True"
+    assert precious.read_text() == "keep"
+    assert os.stat("/dev/null").st_mode & 0o666 == 0o666
+
+
+def test_callers_environment_and_memory_are_out_of_reach(monkeypatch):
+    # issue 16: /proc/<ppid>/environ and /proc/<ppid>/mem showed the caller's secrets
+    monkeypatch.setenv("NANOCHAT_TEST_SECRET", "hunter2")
+    code = (
+        "import os\n"
+        "print(os.getppid())\n"
+        f"for path in ['/proc/{os.getpid()}/environ', '/proc/{os.getpid()}/mem', '/proc/self/mem', "
+        "'/proc/1/environ', f'/proc/{os.getppid()}/environ']:\n"
+        "    try:\n"
+        "        print(open(path, 'rb').read()[:100])\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n"
+        "print('hunter2' in str(os.environ))\n"
+    )
+    r = run(code)
+    assert r.success, r
+    assert "hunter2" not in r.stdout
+    assert r.stdout.splitlines()[1:] == ["refused FileNotFoundError"] * 5 + ["False"]
+    assert int(r.stdout.splitlines()[0]) < 10  # its parent is the sandbox's init, pids start at 1 there
+
+
+def test_no_network_not_even_the_hosts_loopback():
+    # issue 16: sockets to 127.0.0.1 opened
+    with socket.socket() as server, socket.socket(socket.AF_UNIX) as abstract:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        abstract.bind(b"\0nanochat-test-" + str(port).encode())  # abstract unix sockets live in the net namespace
+        abstract.listen()
+        abstract.setblocking(False)
+        code = (
+            "import socket\n"
+            f"for family, address in [(socket.AF_INET, ('127.0.0.1', {port})), "
+            f"(socket.AF_UNIX, b'\\0nanochat-test-{port}'), (socket.AF_INET, ('1.1.1.1', 53))]:\n"
+            "    try:\n"
+            "        socket.socket(family).connect(address)\n"
+            "        print('CONNECTED')\n"
+            "    except OSError as e:\n"
+            "        print('refused', type(e).__name__)\n"
+        )
+        r = run(code, timeout=10)
+        assert r.success, r
+        assert "CONNECTED" not in r.stdout and r.stdout.count("refused") == 3, r.stdout
+        for listener in (server, abstract):
+            with pytest.raises(BlockingIOError):  # nobody knocked
+                listener.accept()
+
+
+def test_ctypes_and_a_fresh_interpreter_cannot_reach_the_runner_or_the_caller():
+    # issue 16: `ctypes.CDLL(None).system(b'id')` ran as root and ctypes could kill the caller.
+    # The runner refuses ctypes; a fresh interpreter started by the code has it, but seccomp
+    # refuses ptrace and process_vm_readv on the runner (which holds the token), and the
+    # caller is not in the sandbox's pid namespace.
+    child = (
+        "import ctypes, os, signal\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.ptrace(16, os.getppid(), 0, 0), ctypes.get_errno())\n"  # PTRACE_ATTACH
+        "buf = ctypes.create_string_buffer(8)\n"
+        "local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8)\n"
+        "remote = (ctypes.c_void_p * 2)(0x400000, 8)\n"
+        "print(libc.process_vm_readv(os.getppid(), local, 1, remote, 1, 0), ctypes.get_errno())\n"
+        "print(libc.unshare(0x10000000), ctypes.get_errno() != 0)\n"  # no nested user namespace
+        "print(libc.system(b'id -u'))\n"
+        "try:\n"
+        f"    os.kill({os.getpid()}, signal.SIGKILL)\n"
+        "    print('KILLED')\n"
+        "except ProcessLookupError:\n"
+        "    print('caller not found')\n"
+    )
+    code = f"import subprocess, sys\nsubprocess.run([sys.executable, '-I', '-u', '-c', {child!r}])"
+    r = run(code)
+    assert r.success, r
+    assert r.stdout.splitlines() == ["-1 1", "-1 1", "-1 True", "65534", "0", "caller not found"], r.stdout
+
+
+def test_setsid_child_does_not_outlive_the_timeout(tmp_path):
+    # issue 16: a setsid child outlived the timeout and wrote a file 6 s after execute_code returned
+    marker, host_file = _marker(), tmp_path / "late.txt"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execv('/bin/sh', ['sh', '-c', 'sleep 1.5; touch {host_file}; exec sleep {marker}'])\n"
+        f"os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+    )
+    start = time.monotonic()
+    r = execute_code(code, timeout=1.0)
+    assert r.timeout and time.monotonic() - start < 1.0 + SLACK_S, r
+    time.sleep(2.0)
+    assert _host_processes_with(marker) == []
+    assert not host_file.exists()
+
+
+def test_fork_bomb_is_capped_and_reaped():
+    # issue 16: 30 forks went through. RLIMIT_NPROC (threads count too) stops them at MAX_TASKS.
+    marker = _marker()
+    code = (
+        "import os\n"
+        "forked = 0\n"
+        "for _ in range(40):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except BlockingIOError:\n"
+        "        break\n"
+        "    if pid == 0:\n"
+        f"        os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+        "    forked += 1\n"
+        "print(forked)\n"
+    )
+    r = run(code)
+    assert r.success, r
+    assert 5 <= int(r.stdout) < MAX_TASKS
+    assert _host_processes_with(marker) == []
+
+
+def test_limits_are_set_and_cannot_be_raised():
+    code = (
+        "import resource\n"
+        "for name in ('RLIMIT_AS', 'RLIMIT_NPROC', 'RLIMIT_FSIZE', 'RLIMIT_CORE'):\n"
+        "    which = getattr(resource, name)\n"
+        "    print(resource.getrlimit(which))\n"
+        "try:\n"
+        "    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)\n"
+        "except ValueError:\n"
+        "    print('refused')\n"
+    )
+    r = run(code, maximum_memory_bytes=300 * 1024**2)
+    assert r.success, r
+    mib = 1024**2
+    assert r.stdout.splitlines() == [f"({300 * mib}, {300 * mib})", f"({MAX_TASKS}, {MAX_TASKS})",
+                                     f"({64 * mib}, {64 * mib})", "(0, 0)", "refused"]
+
+
+def test_working_directory_is_size_capped():
+    # many files under RLIMIT_FSIZE each still cannot fill the disk: the tmpfs is capped
+    code = (
+        "import os\n"
+        "written = 0\n"
+        "try:\n"
+        "    for i in range(1000):\n"
+        "        with open(f'f{i}', 'wb') as f:\n"
+        "            f.write(b'x' * (16 * 1024**2))\n"
+        "        written += 16\n"
+        "except OSError as e:\n"
+        "    print(written, e.errno)\n"
+    )
+    r = run(code, timeout=20)
+    assert r.success, r
+    written, err = r.stdout.split()
+    assert int(written) <= execution.MAX_WORKDIR_BYTES // 1024**2 and int(err) == 28  # ENOSPC
 
 
 # --- isolation: cwd, environment, stdin ----------------------------------------------------
@@ -293,8 +563,8 @@ def test_environment_is_scrubbed(monkeypatch):
     env = json.loads(env_line)
     assert "hunter2" not in r.stdout and "NANOCHAT_TEST_SECRET" not in env
     assert "/nonexistent/evil" not in json.loads(path_line)  # -I: PYTHON* variables are ignored too
-    assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "MALLOC_ARENA_MAX",
-                        "OPENBLAS_MAIN_FREE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LC_CTYPE"}
+    assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "MALLOC_ARENA_MAX", "PWD",
+                        "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LC_CTYPE"}
 
 
 def test_stdin_is_empty():
