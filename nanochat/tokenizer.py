@@ -193,23 +193,23 @@ class RustBPETokenizer:
             ids.extend(token_ids)
             mask.extend([mask_value] * len(token_ids))
 
-        messages = _merge_system_message(conversation["messages"])
+        messages = _merge_system_message(_checked_messages(conversation))
+        offset = len(conversation["messages"]) - len(messages)  # 1 when a system message was merged
         special = {name: self.encode_special(name) for name in SPECIAL_TOKENS}
         add(self.bos_token_id, 0)
         for i, message in enumerate(messages):
             expected = "user" if i % 2 == 0 else "assistant"
             if message["role"] != expected:
-                raise ValueError(f"message {i} has role {message['role']!r}, expected {expected!r} (user and assistant alternate)")
+                raise ValueError(f"message {i + offset} has role {message['role']!r}, expected {expected!r} "
+                                 "(user and assistant alternate, after an optional first system message)")
             content = message["content"]
             if expected == "user":
-                if not isinstance(content, str):
-                    raise ValueError(f"user message {i} must have str content")
                 add(special["<|user_start|>"], 0)
                 add(self.encode(content), 0)
                 add(special["<|user_end|>"], 0)
                 continue
             add(special["<|assistant_start|>"], 0)
-            for part in _content_parts(content, i):
+            for part in [{"type": "text", "text": content}] if isinstance(content, str) else content:
                 tokens = self.encode(part["text"])
                 if part["type"] == "text":
                     add(tokens, 1)
@@ -217,20 +217,17 @@ class RustBPETokenizer:
                     add(special["<|python_start|>"], 1)
                     add(tokens, 1)
                     add(special["<|python_end|>"], 1)
-                elif part["type"] == "python_output":
-                    # the engine forces tool output at inference; the model never predicts it
+                else:  # python_output: the engine forces tool output at inference; the model never predicts it
                     add(special["<|output_start|>"], 0)
                     add(tokens, 0)
                     add(special["<|output_end|>"], 0)
-                else:
-                    raise ValueError(f"unknown part type {part['type']!r} in message {i}")
             add(special["<|assistant_end|>"], 1)
         return ids[:max_tokens], mask[:max_tokens]
 
     def render_for_completion(self, conversation: dict) -> list[int]:
         """The conversation minus its last (assistant) message, primed with <|assistant_start|>."""
-        messages = conversation["messages"]
-        if not messages or messages[-1]["role"] != "assistant":
+        messages = _checked_messages(conversation)
+        if messages[-1]["role"] != "assistant":
             raise ValueError("render_for_completion expects a conversation that ends with an assistant message")
         trimmed = copy.deepcopy(conversation)
         trimmed["messages"] = messages[:-1]
@@ -239,9 +236,49 @@ class RustBPETokenizer:
         return ids
 
 
-def _merge_system_message(messages: list[dict]) -> list[dict]:
+_ROLES = ("system", "user", "assistant")
+_PART_TYPES = ("text", "python", "python_output")
+
+
+def _checked_messages(conversation: dict) -> list[dict]:
+    """The conversation's messages, after checking their shape; a ValueError says what is malformed."""
+    if not isinstance(conversation, dict) or not isinstance(conversation.get("messages"), list):
+        raise ValueError('a conversation must be a dict {"messages": [{"role": ..., "content": ...}, ...]}, '
+                         f"got {conversation!r:.200}")
+    messages = conversation["messages"]
     if not messages:
         raise ValueError("a conversation needs at least one message")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', not {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"message {i} has no {key!r} (its keys: {list(message)})")
+        role, content = message["role"], message["content"]
+        if role not in _ROLES:
+            raise ValueError(f"message {i} has unknown role {role!r}; roles are {', '.join(_ROLES)}")
+        if role == "system" and i != 0:
+            raise ValueError(f"message {i} is a system message; only the first message may be one")
+        if role != "assistant":
+            if not isinstance(content, str):
+                raise ValueError(f"{role} message {i} must have str content, not {type(content).__name__}")
+            continue
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise ValueError(f"assistant message {i} content must be str or a list of parts, not {type(content).__name__}")
+        for j, part in enumerate(content):
+            where = f"assistant message {i} part {j}"
+            if not isinstance(part, dict):
+                raise ValueError(f"{where} must be a dict {{'type': ..., 'text': ...}}, not {type(part).__name__}")
+            if part.get("type") not in _PART_TYPES:
+                raise ValueError(f"{where} has unknown part type {part.get('type')!r}; types are {', '.join(_PART_TYPES)}")
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"{where} must have str 'text', not {type(part.get('text')).__name__}")
+    return messages
+
+
+def _merge_system_message(messages: list[dict]) -> list[dict]:
     if messages[0]["role"] != "system":
         return messages
     if len(messages) < 2 or messages[1]["role"] != "user":
@@ -249,14 +286,6 @@ def _merge_system_message(messages: list[dict]) -> list[dict]:
     merged = dict(messages[1])
     merged["content"] = messages[0]["content"] + "\n\n" + messages[1]["content"]
     return [merged] + list(messages[2:])
-
-
-def _content_parts(content: str | list[dict], index: int) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        return content
-    raise ValueError(f"assistant message {index} content must be str or a list of parts, not {type(content).__name__}")
 
 
 def get_tokenizer_dir() -> str:

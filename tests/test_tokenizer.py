@@ -148,10 +148,43 @@ def test_system_message_merged_into_first_user(tiny_tokenizer):
 def test_render_conversation_rejects_bad_order(tiny_tokenizer):
     with pytest.raises(ValueError, match="alternate"):
         tiny_tokenizer.render_conversation({"messages": [{"role": "assistant", "content": "hi"}]})
-    with pytest.raises(ValueError, match="part type"):
-        tiny_tokenizer.render_conversation(
-            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "img", "text": ""}]}]}
-        )
+    with pytest.raises(ValueError, match="message 2 has role 'user', expected 'assistant'"):  # indices as given
+        tiny_tokenizer.render_conversation({"messages": [
+            {"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "user", "content": "q"}]})
+
+
+Q = {"role": "user", "content": "q"}
+
+
+@pytest.mark.parametrize("conversation,message", [
+    (None, "a conversation must be a dict"),
+    ([Q], "a conversation must be a dict"),
+    ({"msgs": [Q]}, "a conversation must be a dict"),
+    ({"messages": "hi"}, "a conversation must be a dict"),
+    ({"messages": []}, "at least one message"),
+    ({"messages": ["hi"]}, "message 0 must be a dict with 'role' and 'content', not str"),
+    ({"messages": [{"content": "q"}]}, "message 0 has no 'role'"),
+    ({"messages": [{"role": "user"}]}, "message 0 has no 'content'"),
+    ({"messages": [{"role": "robot", "content": "q"}]}, "message 0 has unknown role 'robot'; roles are system, user, assistant"),
+    ({"messages": [{"role": ["user"], "content": "q"}]}, r"unknown role \['user'\]"),
+    ({"messages": [{"role": "user", "content": None}]}, "user message 0 must have str content, not NoneType"),
+    ({"messages": [{"role": "user", "content": ["q"]}]}, "user message 0 must have str content, not list"),
+    ({"messages": [{"role": "system", "content": 3}, Q]}, "system message 0 must have str content, not int"),
+    ({"messages": [Q, {"role": "system", "content": "s"}]}, "only the first message may be one"),
+    ({"messages": [Q, {"role": "assistant", "content": 42}]}, "assistant message 1 content must be str or a list of parts, not int"),
+    ({"messages": [Q, {"role": "assistant", "content": ["a"]}]}, "assistant message 1 part 0 must be a dict"),
+    ({"messages": [Q, {"role": "assistant", "content": [{"text": "a"}]}]}, "part 0 has unknown part type None"),
+    ({"messages": [Q, {"role": "assistant", "content": [{"type": "img", "text": ""}]}]}, "unknown part type 'img'; types are text, python, python_output"),
+    ({"messages": [Q, {"role": "assistant", "content": [{"type": "text"}]}]}, "part 0 must have str 'text', not NoneType"),
+    ({"messages": [Q, {"role": "assistant", "content": [{"type": "python", "text": b"1+1"}]}]}, "part 0 must have str 'text', not bytes"),
+])
+def test_malformed_conversation_is_a_value_error_saying_what(tiny_tokenizer, conversation, message):
+    # these raised KeyError or TypeError (issue 16); every one is a ValueError that names the problem
+    with pytest.raises(ValueError, match=message):
+        tiny_tokenizer.render_conversation(conversation)
+    if isinstance(conversation, dict) and isinstance(conversation.get("messages"), list) and conversation["messages"]:
+        with pytest.raises(ValueError, match=message):
+            tiny_tokenizer.render_for_completion(conversation)
 
 
 def test_render_for_completion_primes_assistant(tiny_tokenizer):
