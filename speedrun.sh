@@ -20,6 +20,15 @@ if [ -z "${NANOCHAT_PROFILE:-}" ]; then
     if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         NANOCHAT_PROFILE=gpu
     else
+        # a GPU machine where torch sees no CUDA (a driver too old for the wheel, a CPU-only
+        # torch) must not fall silently into the tiny CPU profile
+        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+        if [ "${gpus:-0}" -gt 0 ]; then
+            echo "error: nvidia-smi lists $gpus GPU(s) but torch $(python -c 'import torch; print(torch.__version__)') sees no CUDA device." >&2
+            echo "Install a torch build that matches the driver (nvidia-smi shows its CUDA version), or force a profile:" >&2
+            echo "NANOCHAT_PROFILE=cpu bash speedrun.sh   (the tiny offline run)" >&2
+            exit 1
+        fi
         NANOCHAT_PROFILE=cpu
     fi
 fi

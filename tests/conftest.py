@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated base dir, small parquet shards, a tiny trained tokenizer."""
+"""Shared fixtures: an isolated base dir, small parquet shards, a tiny trained tokenizer, tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from nanochat.tokenizer import RustBPETokenizer
+from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
+from nanochat.dataset import get_data_dir
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.synthetic import write_shards
+from nanochat.tokenizer import RustBPETokenizer, get_tokenizer_dir, train_tokenizer
 
 SHARED_DATA = Path(os.environ.get("NANOCHAT_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
@@ -69,3 +74,37 @@ def shards(base_dir) -> list[list[str]]:
         write_shard(base_dir / "base_data" / f"shard_{i:05d}.parquet", docs, docs_per_row_group=8)
         all_docs.append(docs)
     return all_docs
+
+
+@pytest.fixture
+def offline(base_dir, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return base_dir
+
+
+@pytest.fixture
+def base_checkpoint(offline, tiny_tokenizer):
+    """A tiny random 'base model' as base_train would have saved it."""
+    tiny_tokenizer.save(get_tokenizer_dir())
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=64, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1,
+                          n_kv_head=1, n_embd=64))
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    save_checkpoint(checkpoint_dir_for("base", "d1"), 10, model.state_dict(), None,
+                    {"model_config": vars(model.config), "step": 10})
+    return offline
+
+
+@pytest.fixture
+def synthetic_setup(base_dir, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    paths = write_shards(get_data_dir(), num_shards=3, chars_per_shard=60_000, docs_per_row_group=16)
+    docs = [text for path in paths[:-1] for text in pq.read_table(path)["text"].to_pylist()]
+    tokenizer, _ = train_tokenizer(docs, vocab_size=512)
+    tokenizer.save(get_tokenizer_dir())
+    return base_dir

@@ -7,28 +7,13 @@ import os
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nanochat.dataset import get_data_dir
-from nanochat.synthetic import write_shards
-from nanochat.tokenizer import get_tokenizer_dir, train_tokenizer
 from scripts import base_loss, base_train
 
 TINY = ["--depth=1", "--max_seq_len=32", "--device_batch_size=4", "--total_batch_size=256", "--eval_tokens=512",
         "--sample_every=-1", "--core_metric_every=-1", "--device_type=cpu"]
-
-
-@pytest.fixture
-def synthetic_setup(base_dir, monkeypatch):
-    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    paths = write_shards(get_data_dir(), num_shards=3, chars_per_shard=60_000, docs_per_row_group=16)
-    docs = [text for path in paths[:-1] for text in pq.read_table(path)["text"].to_pylist()]
-    tokenizer, _ = train_tokenizer(docs, vocab_size=512)
-    tokenizer.save(get_tokenizer_dir())
-    return base_dir
 
 
 def _files(checkpoint_dir, step):

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import torch
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
 from nanochat.dataloader import packed_conversation_loader, sft_batch, sft_loader
-from nanochat.gpt import GPT, GPTConfig
-from nanochat.tokenizer import get_tokenizer_dir
 from nanochat.training import StepBatches, train_step_token_normalized
 from scripts import chat_rl, chat_sft, mid_train
 from tasks.common import TaskMixture
@@ -21,29 +17,6 @@ from test_base_train import _assert_bitwise_equal
 from tiny import make_batches, make_tiny_model
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
-
-
-@pytest.fixture
-def offline(base_dir, monkeypatch):
-    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return base_dir
-
-
-@pytest.fixture
-def base_checkpoint(offline, tiny_tokenizer):
-    """A tiny random 'base model' as base_train would have saved it."""
-    tiny_tokenizer.save(get_tokenizer_dir())
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=64, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1,
-                          n_kv_head=1, n_embd=64))
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    save_checkpoint(checkpoint_dir_for("base", "d1"), 10, model.state_dict(), None,
-                    {"model_config": vars(model.config), "step": 10})
-    return offline
 
 
 # ---- data ----
