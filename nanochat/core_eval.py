@@ -442,11 +442,11 @@ def evaluate_core(model: torch.nn.Module, tokenizer: Any, device: torch.device |
 
 
 def _capitals_rows(rng: random.Random, n: int) -> list[dict]:
-    from nanochat.synthetic import _CAPITALS
+    from nanochat.synthetic import CAPITALS
 
     rows = []
     for _ in range(n):
-        (country, capital), *others = rng.sample(_CAPITALS, 4)
+        (country, capital), *others = rng.sample(CAPITALS, 4)
         choices = [capital] + [c for _, c in others]
         rng.shuffle(choices)
         rows.append({"query": f"The capital of {country} is", "choices": choices, "gold": choices.index(capital)})
@@ -454,24 +454,24 @@ def _capitals_rows(rng: random.Random, n: int) -> list[dict]:
 
 
 def _sounds_rows(rng: random.Random, n: int) -> list[dict]:
-    from nanochat.synthetic import _SOUNDS, article
+    from nanochat.synthetic import SOUNDS, article
 
     rows = []
     for _ in range(n):
-        (animal, sound), *others = rng.sample(_SOUNDS, 4)
+        (animal, sound), *others = rng.sample(SOUNDS, 4)
         choices = [sound] + [s for _, s in others]
         rng.shuffle(choices)
-        rows.append({"query": f"Question: What does {article(animal)} say?", "choices": choices,
+        rows.append({"query": f"Question: What sound does {article(animal)} make?", "choices": choices,
                      "gold": choices.index(sound)})
     return rows
 
 
 def _legs_rows(rng: random.Random, n: int) -> list[dict]:
-    from nanochat.synthetic import _LEGS, article, plural
+    from nanochat.synthetic import LEGS, article, plural
 
     rows = []
     while len(rows) < n:
-        (a, legs_a), (b, legs_b) = rng.sample(_LEGS, 2)
+        (a, legs_a), (b, legs_b) = rng.sample(LEGS, 2)
         if legs_a == legs_b:
             continue
         options = [f"{article(a).capitalize()} has", f"{article(b).capitalize()} has"]
@@ -484,13 +484,14 @@ def _legs_rows(rng: random.Random, n: int) -> list[dict]:
 
 
 def _pronoun_rows(rng: random.Random, n: int) -> list[dict]:
-    from nanochat.synthetic import _PLACES, FEMALE_NAMES, MALE_NAMES
+    from nanochat.synthetic import FEMALE_NAMES, MALE_NAMES
 
+    places = ["park", "beach", "market", "library", "zoo", "farm", "forest", "lake", "garden", "museum"]
     rows = []
     for _ in range(n):
         people = [(rng.choice(FEMALE_NAMES), "she", "her"), (rng.choice(MALE_NAMES), "he", "his")]
         rng.shuffle(people)
-        place, gold = rng.choice(_PLACES), rng.randrange(2)
+        place, gold = rng.choice(places), rng.randrange(2)
         _, he, his = people[gold]
         rows.append({"context_options": [f"{name} went to the {place}, and then" for name, _, _ in people],
                      "continuation": f"{he} went home to {his} family.", "gold": gold})
@@ -498,14 +499,14 @@ def _pronoun_rows(rng: random.Random, n: int) -> list[dict]:
 
 
 def _relations_rows(rng: random.Random, n: int) -> list[dict]:
-    from nanochat.synthetic import _OPPOSITES, _ORDINALS, DAYS, MONTHS
+    from nanochat.synthetic import DAYS, MONTHS, OPPOSITES, ORDINALS
 
-    facts = [(f"The opposite of {a} is", b) for pair in _OPPOSITES for a, b in (pair, pair[::-1])]
+    facts = [(f"The opposite of {a} is", b) for pair in OPPOSITES for a, b in (pair, pair[::-1])]
     for seq, unit in ((DAYS, "day"), (MONTHS, "month")):
         for i, name in enumerate(seq):
             facts.append((f"The {unit} after {name} is", seq[(i + 1) % len(seq)]))
             facts.append((f"The {unit} before {name} is", seq[(i - 1) % len(seq)]))
-    facts += [(f"The {_ORDINALS[i]} month of the year is", MONTHS[i]) for i in range(12)]
+    facts += [(f"The {ORDINALS[i]} month of the year is", MONTHS[i]) for i in range(12)]
     rows = [{"context": context, "continuation": continuation} for context, continuation in facts]
     rng.shuffle(rows)
     return rows[:n]
@@ -561,22 +562,38 @@ def _offline_files() -> dict[str, str]:
     return files
 
 
+def _holds(bundle_dir: str, files: dict[str, str]) -> bool:
+    """Whether bundle_dir holds exactly these files' texts (a bundle written by older code does not)."""
+    if not _bundle_is_complete(bundle_dir):
+        return False
+    for rel, text in files.items():
+        try:
+            with open(os.path.join(bundle_dir, *rel.split("/")), encoding="utf-8", newline="") as f:
+                if f.read() != text:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
 def write_offline_bundle(dest_dir: str | None = None) -> str:
     """
     Write the synthetic twin bundle (same layout as the real one) to dest_dir, default
-    <base_dir>/eval_bundle_synthetic, unless it is already there; byte-identical every time.
+    <base_dir>/eval_bundle_synthetic, unless it is already there as this code writes it
+    (a twin left by an older version is written again); byte-identical every time.
     """
     dest_dir = dest_dir or os.path.join(get_base_dir(), OFFLINE_BUNDLE_DIR_NAME)
-    if _bundle_is_complete(dest_dir):
+    files = _offline_files()
+    if _holds(dest_dir, files):
         return dest_dir
     os.makedirs(os.path.dirname(os.path.abspath(dest_dir)), exist_ok=True)
     with FileLock(dest_dir + ".lock"):
-        if _bundle_is_complete(dest_dir):
+        if _holds(dest_dir, files):
             return dest_dir
-        shutil.rmtree(dest_dir, ignore_errors=True)  # a half-made twin is derived data: just redo it
+        shutil.rmtree(dest_dir, ignore_errors=True)  # a half-made or older twin is derived data: just redo it
         tmp_dir = f"{dest_dir}.{os.getpid()}.tmp"
         try:
-            for rel, text in _offline_files().items():
+            for rel, text in files.items():
                 path = os.path.join(tmp_dir, *rel.split("/"))
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w", encoding="utf-8", newline="") as f:

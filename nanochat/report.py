@@ -3,8 +3,9 @@ The run report. `python -m nanochat.report reset` starts a run: it drops the pre
 and writes a header (date, git commit, hardware, Python/torch versions, dataset). Each stage then
 logs a section (its flags and metrics) as a small markdown file under $NANOCHAT_BASE_DIR/report/,
 with the same data as JSON beside it (plus the stage's curves). `python -m nanochat.report generate`
-joins the sections, in pipeline order, into report.md, ends it with a summary (a table of the
-evaluation metrics per stage, wall time, an estimated GPU cost), draws the curves as PNG files
+joins the sections, in pipeline order, into report.md, ends it with a summary (a table of every
+task's accuracy per stage with chance beside it, a line per stage saying what it changed, wall
+time, an estimated GPU cost), draws the curves as PNG files
 next to report.md, and copies report.md to the current folder.
 """
 
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -50,8 +52,14 @@ STAGES = {
 }
 CHAT_METRICS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
 SUMMARY_METRICS = ["CORE", *CHAT_METRICS]
+# what guessing scores: four-way multiple choice a quarter; generated answers nothing; CORE and
+# ChatCORE are centered on chance already (the same baselines as ChatCORE's, nanochat.task_eval)
+CHANCE = {"CORE": 0.0, "ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
+          "SpellingBee": 0.0, "ChatCORE": 0.0}
 # CORE of the base model: base_eval's result, else the last one base_train measured
 CORE_SOURCES = [("base-model-evaluation", "CORE metric"), ("base-model-training", "core_metric")]
+# a change smaller than this between two stages is reported as no change
+NOTABLE_CHANGE = 0.02
 
 DEFAULT_GPU_HOUR_USD = 3.0
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -356,22 +364,16 @@ class Report:
             return "No stage has logged results yet.\n"
         # every column up to the last stage that ran, so a skipped stage shows as a column of "-"
         columns = list(STAGES)[: list(STAGES).index(present[-1]) + 1]
+        values = _stage_values(records)
 
-        def data(slug: str) -> dict:
-            return (records.get(slug) or {}).get("data") or {}
-
-        def cell(metric: str, stage: str) -> str:
-            value = None
-            if metric == "CORE":
-                if stage == "BASE":
-                    value = next((data(s)[k] for s, k in CORE_SOURCES if _is_number(data(s).get(k))), None)
-            else:
-                value = data(f"chat-evaluation-{stage.lower()}").get(metric)
+        def cell(value: Any) -> str:
             return f"{value:.4f}" if _is_number(value) else "-"
 
-        lines = ["| Metric | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-        lines += [f"| {m} | " + " | ".join(cell(m, c) for c in columns) + " |" for m in SUMMARY_METRICS]
-        return "\n".join(lines) + "\n"
+        lines = ["| Metric | Chance | " + " | ".join(columns) + " |", "| --- |" + " --- |" * (len(columns) + 1)]
+        lines += [f"| {m} | {cell(CHANCE[m])} | " + " | ".join(cell(values[c].get(m)) for c in columns) + " |"
+                  for m in SUMMARY_METRICS]
+        sentences = _stage_sentences(records, values, columns)
+        return "\n".join(lines) + "\n\n" + "".join(f"- {sentence}\n" for sentence in sentences)
 
     def generate(self, copy_to: str | None = ".") -> str:
         """
@@ -405,7 +407,7 @@ class Report:
                     plots.append(png)
                     parts.append(f"![{records[name].get('section', name)} curves]({os.path.basename(png)})\n\n")
 
-        # ---- summary ----
+        # ---- summary: every task's accuracy per stage beside chance, and what each stage changed ----
         parts.append("## Summary\n\n")
         parts.append(self._summary_table(records) + "\n")
         start = header.get("start_time")
@@ -448,6 +450,72 @@ class Report:
                 copy = copy.replace(f"]({base})", f"]({target.replace(os.sep, '/')})")
             _write_text(os.path.join(copy_to, "report.md"), copy)
         return out
+
+
+def _data(records: dict[str, dict], slug: str) -> dict:
+    return (records.get(slug) or {}).get("data") or {}
+
+
+def _stage_values(records: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """{stage: {metric: value}}: CORE for BASE, each stage's chat evaluation for the chat metrics."""
+    values: dict[str, dict[str, float]] = {stage: {} for stage in STAGES}
+    core = next((_data(records, s)[k] for s, k in CORE_SOURCES if _is_number(_data(records, s).get(k))), None)
+    if core is not None:
+        values["BASE"]["CORE"] = core
+    for stage in STAGES:
+        chat = _data(records, f"chat-evaluation-{stage.lower()}")
+        values[stage].update({m: chat[m] for m in CHAT_METRICS if _is_number(chat.get(m))})
+    return values
+
+
+# a row of base_eval's table: label, accuracy, centered accuracy (above 0 means above chance)
+_CORE_ROW = re.compile(r"^(\S+)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)$", re.MULTILINE)
+
+
+def _core_tasks(records: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """{label: (accuracy, centered)} from the table base_eval logs with its section, if there is one."""
+    notes = (records.get("base-model-evaluation") or {}).get("notes") or []
+    return {m[1]: (float(m[2]), float(m[3])) for note in notes for m in _CORE_ROW.finditer(str(note))}
+
+
+def _changes(before: dict[str, float], after: dict[str, float]) -> str:
+    """'GSM8K +0.12 (0.40 → 0.52), ...' for the metrics that moved, largest first, ChatCORE last."""
+    moved = [(m, after[m] - before[m]) for m in CHAT_METRICS if m in before and m in after and m != "ChatCORE"
+             and abs(after[m] - before[m]) >= NOTABLE_CHANGE]
+    moved.sort(key=lambda item: -abs(item[1]))
+    parts = [f"{m} {delta:+.2f} ({before[m]:.2f} → {after[m]:.2f})" for m, delta in moved]
+    tasks_before, tasks_after = (set(d) - {"ChatCORE"} for d in (before, after))
+    if "ChatCORE" in before and "ChatCORE" in after and tasks_before == tasks_after:  # a mean over the same tasks
+        parts.append(f"ChatCORE {before['ChatCORE']:.2f} → {after['ChatCORE']:.2f}")
+    return ", ".join(parts) if parts else f"no task moved by {NOTABLE_CHANGE} or more"
+
+
+def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float]], columns: list[str]) -> list[str]:
+    """One line per stage in the table: what it reached (the first chat stage) or changed (the later ones)."""
+    sentences = []
+    previous: tuple[str, dict[str, float]] | None = None
+    for stage in columns:
+        here = values[stage]
+        if stage == "BASE":
+            if "CORE" not in here:
+                sentences.append("BASE: no CORE evaluation.")
+                continue
+            tasks = _core_tasks(records)
+            above = [f"{label} {acc:.2f}" for label, (acc, centered) in tasks.items() if centered > 0]
+            detail = f"; {len(above)} of {len(tasks)} CORE tasks above chance ({', '.join(above)})" if tasks else ""
+            sentences.append(f"BASE: pretraining gives CORE {here['CORE']:.4f} (0 is chance){detail}.")
+            continue
+        chat = {m: v for m, v in here.items() if m in CHAT_METRICS}
+        if not chat:
+            sentences.append(f"{stage}: not evaluated.")
+        elif previous is None:
+            reached = [f"{m} {v:.2f} (chance {CHANCE[m]:.2f})" for m, v in chat.items() if m != "ChatCORE"]
+            sentences.append(f"{stage}: the first chat model scores {', '.join(reached)}.")
+        else:
+            sentences.append(f"{stage}: against {previous[0]}, {_changes(previous[1], chat)}.")
+        if chat:
+            previous = (stage, chat)
+    return sentences
 
 
 class DummyReport:

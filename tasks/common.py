@@ -238,6 +238,24 @@ def load_local(data_files: str | os.PathLike | Sequence[str | os.PathLike]):
     return datasets.load_dataset(builders.pop(), data_files=files, split="train")
 
 
+SHUFFLE_SEED = 42  # nanochat's: the same rows in the same order as its tasks see
+
+
+def shuffle_rows(rows: Any, seed: int = SHUFFLE_SEED) -> Any:
+    """
+    Rows in the order datasets.Dataset.shuffle(seed=seed) gives them: a permutation drawn by
+    numpy.random.default_rng(seed), so it depends only on the seed and the number of rows, and
+    local files holding a hub split's rows come out in the hub's shuffled order. Anything
+    else indexable (a list) is reordered the same way.
+    """
+    if hasattr(rows, "shuffle"):
+        return rows.shuffle(seed=seed, keep_in_memory=True)  # in memory: no index file in the datasets cache
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[int(i)] for i in order]
+
+
 def load_rows(
     hub_path: str,
     config: str | None,
@@ -250,16 +268,21 @@ def load_rows(
     The rows of a data set, from (in order of precedence) local `data_files`, the offline
     `twin()`, or the hub. Whichever source, rows look the same (the hub's columns), so the
     code that turns rows into conversations is shared.
+
+    Rows from the hub or from files are shuffled with SHUFFLE_SEED, as nanochat's tasks do:
+    hub splits are often sorted (MMLU by subject), and a task's first N rows (`stop=N`,
+    `--max_problems=N`) should be a random sample. A twin's rows are generated in random
+    order already.
     """
     if data_files is not None:
-        return load_local(data_files)
+        return shuffle_rows(load_local(data_files))
     if is_offline(offline):
         if twin is None:
             raise ValueError(f"{hub_path} has no offline twin: pass data_files=")
         return twin()
     import datasets
 
-    return datasets.load_dataset(hub_path, config, split=split)
+    return shuffle_rows(datasets.load_dataset(hub_path, config, split=split))
 
 
 def download_small_file(url: str, path: str | os.PathLike, what: str, offline_hint: str, timeout: float = 60.0) -> str:

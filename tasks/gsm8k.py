@@ -8,8 +8,10 @@ Here the assistant's reply is a list of parts: every annotation becomes a python
 (`expr`) and its output (`result`), so the model learns to use the calculator tool. The
 final `#### N` stays in the text; evaluation and the RL reward read the number after it.
 
-Offline twin: problems from nanochat.synthetic.make_arithmetic_problem (GSM8K's exact
-format) with fixed seeds, 8000 train and 500 test, no question in both splits.
+Offline twin: multi-step problems from nanochat.synthetic.make_arithmetic_problem (GSM8K's
+exact format), 8000 train and 500 test: train only training-side questions, test only
+held-out ones (synthetic.is_held_out), so no test question is in the train split or in the
+pretraining twin. Rows from the hub or data_files= are shuffled with seed 42, as nanochat does.
 """
 
 from __future__ import annotations
@@ -71,24 +73,17 @@ def answer_to_parts(answer: str) -> list[dict]:
 
 
 @functools.cache
-def _twin_splits() -> dict[str, list[dict]]:
-    """Both splits at once, so that no train question also appears in test."""
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split in ("test", "train"):  # test first: train skips whatever test holds
-        rng = random.Random(f"gsm8k-twin-{split}")
-        rows: list[dict] = []
-        while len(rows) < TWIN_SIZES[split]:
-            row = make_arithmetic_problem(rng)
-            if row["question"] not in seen:
-                seen.add(row["question"])
-                rows.append(row)
-        splits[split] = rows
-    return splits
-
-
 def gsm8k_twin(split: str) -> list[dict]:
-    return _twin_splits()[split]
+    """The split's problems, each question once: train from the training side, test from the held-out side."""
+    rng = random.Random(f"gsm8k-twin-{split}")
+    seen: set[str] = set()
+    rows: list[dict] = []
+    while len(rows) < TWIN_SIZES[split]:
+        row = make_arithmetic_problem(rng, held_out=split == "test")
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            rows.append(row)
+    return rows
 
 
 class GSM8K(Task):

@@ -4,8 +4,10 @@ Hub: HuggingFaceTB/smol-smoltalk, splits train and test; column `messages`, a li
 {"role", "content"}: an optional system message, then user and assistant alternating.
 
 Offline twin: multi-turn chats generated from nanochat/synthetic.py's material (greetings,
-questions on the fact tables, short stories, spelling, arithmetic in words), 5000 train and
-500 test, each conversation from its own seeded RNG.
+training-side questions on the fact tables, short stories, spelling, arithmetic in words,
+tiny functions to complete as HumanEval asks them), 5000 train and 500 test, each
+conversation from its own seeded RNG. Rows from the hub or data_files= are shuffled with
+seed 42, as nanochat does, so `stop=N` takes a random subset.
 """
 
 from __future__ import annotations
@@ -38,27 +40,8 @@ def _thanks(rng):
 
 
 def _fact(rng):
-    kind = rng.randrange(6)
-    if kind == 0:
-        thing, color = rng.choice(syn._COLORS)
-        return f"What color is {thing}?", f"{thing[0].upper() + thing[1:]} is {color}."
-    if kind == 1:
-        animal, sound = rng.choice(syn._SOUNDS)
-        a = syn.article(animal)
-        return f"What sound does {a} make?", f"{a.capitalize()} says {sound}."
-    if kind == 2:
-        country, capital = rng.choice(syn._CAPITALS)
-        return (rng.choice([f"What is the capital of {country}?", f"Do you know the capital of {country}?"]),
-                f"The capital of {country} is {capital}.")
-    if kind == 3:
-        animal, legs = rng.choice(syn._LEGS)
-        count = "no legs" if legs == 0 else syn.plural(legs, "leg", "legs")
-        return f"How many legs does {syn.article(animal)} have?", f"{syn.article(animal).capitalize()} has {count}."
-    if kind == 4:
-        a, b = rng.choice(syn._OPPOSITES)
-        return f"What is the opposite of {a}?", f"The opposite of {a} is {b}."
-    i = rng.randrange(7)
-    return f"What day comes after {syn.DAYS[i]}?", f"The day after {syn.DAYS[i]} is {syn.DAYS[(i + 1) % 7]}."
+    question = rng.choice(syn.ALL_KINDS)(rng)
+    return question.text, question.statement
 
 
 def _story(rng):
@@ -86,6 +69,15 @@ def _arithmetic(rng):
     return ask, f"{words[0].capitalize()} {op_word} {words[1]} is {words[2]} ({a} {symbol} {b} = {value})."
 
 
+def _code(rng):
+    """A function stub as HumanEval gives it; the reply is the body that completes it."""
+    problem = syn.make_code_problem(rng, held_out=False)
+    return problem.prompt, problem.solution
+
+
+_TOPICS = [_fact, _fact, _story, _spell, _arithmetic, _code]
+
+
 def _twin_row(rng: random.Random, i: int) -> dict:
     messages: list[dict] = []
     if rng.random() < 0.2:
@@ -94,7 +86,8 @@ def _twin_row(rng: random.Random, i: int) -> dict:
     if rng.random() < 0.3:
         exchanges.append(_greeting(rng))
     for _ in range(rng.randint(1, 3)):
-        exchanges.append(rng.choice([_fact, _fact, _story, _spell, _arithmetic])(rng))
+        # only training-side questions: no held-out question of any twin is ever asked here
+        exchanges.append(syn.draw(rng, lambda r: r.choice(_TOPICS)(r), False, lambda exchange: exchange[0]))
     if rng.random() < 0.3:
         exchanges.append(_thanks(rng))
     for user, assistant in exchanges:

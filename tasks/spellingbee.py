@@ -8,6 +8,10 @@ with `#### 3`, so evaluation and reward reuse GSM8K's answer extraction.
 
 SimpleSpelling: "Spell the word: apple" -> "apple:a,p,p,l,e".
 
+Each SpellingBee question is on the test side or the training side by nanochat.synthetic's
+is_held_out (its words decide), so no test question is ever trained on, here or in the
+pretraining twin's spelling drills.
+
 Words: the dwyl english-words list (downloaded once into <base_dir>/words_alpha.txt), or
 offline nanochat.synthetic.WORDS. Example i of a split comes from its own RNG seeded by
 (task, split, i): random access, identical in every process, and the test split's seeds
@@ -21,6 +25,7 @@ import random
 import string
 
 from nanochat.common import get_base_dir
+from nanochat.synthetic import draw
 from tasks.common import Task, download_small_file, is_offline
 from tasks.gsm8k import _same_number, extract_answer
 
@@ -116,7 +121,8 @@ class SpellingBee(_GeneratedTask):
     def eval_type(self) -> str:
         return "generative"
 
-    def make_example(self, rng: random.Random) -> dict:
+    def _question(self, rng: random.Random) -> tuple[str, str, str]:
+        """(question, word, letter)"""
         word = rng.choice(self.words)
         # usually a letter of the word; sometimes any letter, which may be absent (count 0)
         letter = rng.choice(word) if rng.random() < 0.85 else rng.choice(string.ascii_lowercase)
@@ -126,6 +132,11 @@ class SpellingBee(_GeneratedTask):
         question = template.format(l=shown_letter, w=_quoted(rng, word))
         if rng.random() < 0.3:
             question = question[0].upper() + question[1:]
+        return question, word, letter
+
+    def make_example(self, rng: random.Random) -> dict:
+        # test questions from the held-out side, train from the training side: no test question is trained on
+        question, word, letter = draw(rng, self._question, self.split == "test", lambda q: q[0])
         count = word.count(letter)
 
         # spell the word out, numbering each occurrence of the letter as it comes

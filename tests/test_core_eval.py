@@ -74,6 +74,8 @@ def test_offline_bundle_is_byte_identical_and_loads(tmp_path, offline_dir, offli
     assert _all_files(again) == _all_files(offline_dir)
     assert set(_all_files(again)) >= {"core.yaml", "eval_meta_data.csv"}
     assert write_offline_bundle(again) == again  # already there: left alone
+    (Path(again) / "core.yaml").write_text("icl_tasks: []\n")  # as an older version of the twin might have left it
+    assert write_offline_bundle(again) == again and _all_files(again) == _all_files(offline_dir)  # written again
 
     by_type = {}
     for task in offline_tasks:

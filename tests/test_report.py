@@ -94,8 +94,12 @@ def test_generate_orders_sections_fills_table_and_draws_plots(base_dir, tmp_path
     table = parse_table(text)
     assert list(table) == ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
     # MID never ran, but a later stage did: its column is there, all "-"
-    assert all(list(row) == ["BASE", "MID", "SFT", "RL"] for row in table.values())
-    assert table["CORE"] == {"BASE": "0.2188", "MID": "-", "SFT": "-", "RL": "-"}
+    assert all(list(row) == ["Chance", "BASE", "MID", "SFT", "RL"] for row in table.values())
+    assert table["CORE"] == {"Chance": "0.0000", "BASE": "0.2188", "MID": "-", "SFT": "-", "RL": "-"}
+    # chance beside every task: a quarter for four-way multiple choice, nothing for generated answers
+    assert {m: row["Chance"] for m, row in table.items()} == {
+        "CORE": "0.0000", "ARC-Easy": "0.2500", "ARC-Challenge": "0.2500", "MMLU": "0.2500", "GSM8K": "0.0000",
+        "HumanEval": "0.0000", "SpellingBee": "0.0000", "ChatCORE": "0.0000"}
     for metric, value in SFT_ACC.items():
         assert table[metric]["SFT"] == f"{value:.4f}"
         assert table[metric]["BASE"] == table[metric]["MID"] == "-"
@@ -134,8 +138,38 @@ def test_table_drops_stages_after_the_last_one_that_ran(base_dir, tmp_path):
     report.log("Base model evaluation", [{"CORE metric": 0.5}])
     text = Path(report.generate(copy_to=str(tmp_path))).read_text()
     table = parse_table(text)
-    assert table["CORE"] == {"BASE": "0.5000"} and table["ChatCORE"] == {"BASE": "-"}
+    assert table["CORE"] == {"Chance": "0.0000", "BASE": "0.5000"} and table["ChatCORE"] == {"Chance": "0.0000", "BASE": "-"}
     assert "Total wall time: unknown" in text  # never reset: no start time
+
+
+def stage_lines(markdown: str) -> dict[str, str]:
+    """The summary's line per stage, as {stage: text}."""
+    summary = markdown.split("## Summary", 1)[1]
+    return dict(re.findall(r"^- (BASE|MID|SFT|RL): (.*)$", summary, flags=re.MULTILINE))
+
+
+def test_a_line_per_stage_says_what_it_changed(base_dir, tmp_path):
+    from scripts.base_eval import format_table
+
+    core = {"tasks": {"synthetic_capitals": {"accuracy": 0.98, "centered": 0.9733},
+                      "synthetic_pronouns": {"accuracy": 0.38, "centered": -0.24},
+                      "synthetic_relations": {"accuracy": 0.36, "centered": 0.36}}, "core": 0.3644}
+    report = Report(str(base_dir / "report"))
+    report.log("Base model evaluation", [{"CORE metric": 0.3644}, "```\n" + format_table(core) + "\n```"])
+    mid = {"ARC-Easy": 0.60, "MMLU": 0.50, "GSM8K": 0.30, "SpellingBee": 0.31, "HumanEval": 0.05, "ChatCORE": 0.2}
+    sft = {**mid, "GSM8K": 0.40, "SpellingBee": 0.76, "MMLU": 0.51, "ChatCORE": 0.31}
+    report.log("Chat evaluation mid", [{"source": "mid"}, mid])
+    report.log("Chat evaluation sft", [{"source": "sft"}, sft])
+    report.log("Chat evaluation rl", [{"source": "rl"}, {"GSM8K": 0.52, "ChatCORE": 0.52}])
+    lines = stage_lines(Path(report.generate(copy_to=str(tmp_path))).read_text())
+    assert list(lines) == ["BASE", "MID", "SFT", "RL"]
+    assert lines["BASE"] == ("pretraining gives CORE 0.3644 (0 is chance); 2 of 3 CORE tasks above chance "
+                             "(synthetic_capitals 0.98, synthetic_relations 0.36).")
+    assert lines["MID"].startswith("the first chat model scores ARC-Easy 0.60 (chance 0.25), MMLU 0.50 (chance 0.25)")
+    # the largest changes first; a change under 0.02 (MMLU) is not one; ChatCORE compares like with like
+    assert lines["SFT"] == ("against MID, SpellingBee +0.45 (0.31 → 0.76), GSM8K +0.10 (0.30 → 0.40), "
+                            "ChatCORE 0.20 → 0.31.")
+    assert lines["RL"] == "against SFT, GSM8K +0.12 (0.40 → 0.52)."  # RL's ChatCORE is over GSM8K alone
 
 
 def test_estimated_cost_on_gpus(base_dir, tmp_path, monkeypatch):

@@ -5,12 +5,17 @@ import os
 import random
 import re
 import string
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat.synthetic import (WORDS, make_arithmetic_problem, make_document, make_fact, make_spelling_drill,
-                                make_story, number_to_words, write_shards)
+from nanochat import synthetic as syn
+from nanochat.synthetic import (WORDS, is_held_out, make_arithmetic_problem, make_code_problem, make_document,
+                                make_fact, make_multiple_choice, make_question, make_quiz, make_spelling_drill,
+                                make_story, number_to_words, question_key, write_shards)
+from tasks.common import render_mc
 
 SMALL = dict(chars_per_shard=20_000, docs_per_row_group=8)  # a few dozen docs per shard: fast
 
@@ -72,6 +77,17 @@ def test_existing_shards_are_skipped_and_missing_ones_resumed(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
 
 
+def test_shards_of_an_older_twin_are_written_again(tmp_path, monkeypatch):
+    paths = write_shards(str(tmp_path), num_shards=2, **SMALL)
+    texts = [pq.read_table(p)["text"].to_pylist() for p in paths]
+    os.utime(paths[0], ns=(1_000_000_000, 1_000_000_000))
+    monkeypatch.setattr(syn, "_fingerprint", lambda *args: "another version")  # as if the generators had changed
+    write_shards(str(tmp_path), num_shards=2, **SMALL)
+    assert os.stat(paths[0]).st_mtime_ns != 1_000_000_000
+    assert pq.read_schema(paths[0]).metadata[b"nanochat_synthetic"] == b"another version"
+    assert [pq.read_table(p)["text"].to_pylist() for p in paths] == texts  # same generators here, new stamp
+
+
 def test_failed_write_leaves_no_partial_shard(tmp_path, monkeypatch):
     def write_half_then_fail(table, where, **kwargs):
         where.write(b"PAR1 half a shard")  # the temp file's handle
@@ -96,8 +112,9 @@ ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 
 def test_arithmetic_in_gsm8k_format():
     rng = random.Random(0)
-    for _ in range(3000):
-        problem = make_arithmetic_problem(rng)
+    num_steps, distracted = [], 0
+    for i in range(3000):
+        problem = make_arithmetic_problem(rng, held_out=i % 5 == 0)
         assert set(problem) == {"question", "answer"}
         assert problem["question"].endswith("?") and "\n" not in problem["question"]
         *steps, last = problem["answer"].split("\n")
@@ -116,12 +133,122 @@ def test_arithmetic_in_gsm8k_format():
                 assert re.search(re.escape(expr) + r" = \$?$", step[:m.start()]), step  # 'expr = <<...'
                 results.append(int(result))
         assert int(final.group(1)) == results[-1], problem
+        num_steps.append(len(steps))
+        numbers = [int(n) for n in re.findall(r"\d+", problem["question"])]
+        assert max(numbers) < 1000  # numbers up to three digits
+        # a number that no step uses is a distracting detail (numbers spelled in the steps count as used)
+        used = set(re.findall(r"\d+", problem["answer"]))
+        distracted += any(str(n) not in used for n in numbers)
+    assert set(num_steps) <= {2, 3, 4} and {2, 3, 4} <= set(num_steps)  # 2 to 4 calculator steps
+    assert 0.15 < distracted / 3000 < 0.6
 
 
 def test_generators_are_deterministic():
-    for make in (make_arithmetic_problem, make_spelling_drill, make_fact, make_story, make_document):
+    for make in (make_arithmetic_problem, make_spelling_drill, make_fact, make_story, make_document, make_quiz,
+                 make_code_problem):
         a, b = random.Random(5), random.Random(5)
         assert [make(a) for _ in range(50)] == [make(b) for _ in range(50)]
+
+# -----------------------------------------------------------------------------
+# held-out questions
+
+
+def test_held_out_side_depends_only_on_the_words():
+    assert question_key("How many 'R' are in \"strawberry\"?") == "how many r are in strawberry"
+    questions = [f"What is {a} plus {b}?" for a in range(40) for b in range(40)]
+    sides = [is_held_out(q) for q in questions]
+    assert 0.15 < sum(sides) / len(sides) < 0.25  # HELD_OUT_PERCENT of distinct questions
+    for q, side in zip(questions[:200], sides):
+        assert is_held_out(q.upper()) == is_held_out(f"  {q.lower()} !") == side
+    # the same in another process with another hash seed: no salted hash() involved
+    code = "from nanochat.synthetic import is_held_out; print([is_held_out(f'What is {a} plus {b}?') for a in range(40) for b in range(40)])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == str(sides)
+
+
+def test_each_side_gets_only_its_questions():
+    rng = random.Random(0)
+    for held_out in (False, True):
+        for _ in range(300):
+            assert is_held_out(make_question(rng, syn.ALL_KINDS, held_out).text) == held_out
+            assert is_held_out(make_arithmetic_problem(rng, held_out)["question"]) == held_out
+            assert is_held_out(make_code_problem(rng, held_out).prompt) == held_out
+    for _ in range(300):
+        quiz = make_quiz(rng)
+        assert not is_held_out(quiz.split("\n")[0].removeprefix("Multiple Choice question: "))
+
+# -----------------------------------------------------------------------------
+# facts and the questions about them
+
+
+def _true(question: str, answer: str) -> bool | None:
+    """Whether answer answers question, looked up in the fact tables by another route than the generators' (None: not checked here)."""
+    tables = [
+        (r"(?:What color is|Which color is|What is the color of|Which color best describes) (.+)\?", dict(syn.COLORS)),
+        (r"(?:What sound does|What does|Which sound does|What noise does) an? (.+) (?:make|say)\?", dict(syn.SOUNDS)),
+        (r"What is the capital(?: city)? of (.+)\?|Which city is the capital of (.+)\?|Name the capital of (.+)\.",
+         dict(syn.CAPITALS)),
+        (r"(?:On which continent is|Which continent is) (.+?)(?: in)?\?|(.+) is on which continent\?", syn.CONTINENTS),
+        (r"(?:What is|Which word is) the plural of (.+)\?|How do you say more than one (.+)\?", dict(syn.PLURALS)),
+        (r"Which animal (?:says|makes the sound|goes) (.+)\?", {s: a for a, s in syn.SOUNDS}),
+    ]
+    for pattern, table in tables:
+        if m := re.fullmatch(pattern, question):
+            return table[next(g for g in m.groups() if g)] == answer
+    if m := re.fullmatch(r"(?:What is|How much is) (\d) plus (\d)\?|What do you get when you add (\d) and (\d)\?", question):
+        a, b = (int(g) for g in m.groups() if g)
+        return int(answer) == a + b
+    if m := re.fullmatch(r"(?:Which|What) day comes (after|before) (\w+)\?|What is the day (after|before) (\w+)\?", question):
+        word, day = (g for g in m.groups() if g)
+        return syn.DAYS[(syn.DAYS.index(day) + (1 if word == "after" else -1)) % 7] == answer
+    if m := re.fullmatch(r"How many legs (?:does|has) an? (\w+) (?:have|got)\?", question):
+        return dict(syn.LEGS)[m[1]] == int(answer)
+    return None
+
+
+def test_multiple_choice_questions_are_right_and_balanced():
+    rng = random.Random(0)
+    checked, golds = 0, []
+    for kinds in (syn.ARC_EASY_KINDS, syn.ARC_CHALLENGE_KINDS, syn.MMLU_KINDS):
+        for i in range(1500):
+            mc = make_multiple_choice(rng, kinds, held_out=i % 2 == 0)
+            assert len(mc.choices) == len(set(mc.choices)) == 4
+            golds.append(mc.answer)
+            if _true(mc.question, mc.choices[mc.answer]) is None:
+                continue
+            assert [_true(mc.question, c) for c in mc.choices] == [j == mc.answer for j in range(4)], mc
+            checked += 1
+    assert checked > 1500  # many questions went through a table lookup
+    assert max(golds.count(k) for k in range(4)) < 0.3 * len(golds)
+
+
+def test_quiz_is_render_mc_with_the_answer_letter_after():
+    rng = random.Random(0)
+    for _ in range(200):
+        quiz = make_quiz(rng)
+        head, answer = quiz.rsplit("\nAnswer:\n", 1)
+        lines = head.split("\n")
+        question = lines[0].removeprefix("Multiple Choice question: ")
+        letters = [line[0] for line in lines[1:]]
+        choices = [line[3:] for line in lines[1:]]
+        assert render_mc(question, letters, choices).startswith(head + "\n")
+        assert answer in letters and _true(question, choices[letters.index(answer)]) in (True, None)
+
+
+def test_code_problems_pass_their_own_check_and_catch_wrong_bodies():
+    rng = random.Random(0)
+    kinds = set()
+    for _ in range(300):
+        problem = make_code_problem(rng, held_out=rng.random() < 0.5)
+        kinds.add(problem.solution)
+        assert problem.name in problem.prompt and f">>> {problem.name}(" in problem.prompt
+        scope: dict = {}
+        exec(problem.prompt + problem.solution + problem.test, scope)  # our own generated code, not model output
+        scope["check"](scope[problem.name])
+        with pytest.raises(AssertionError):
+            scope["check"](lambda *args: None)
+    assert len(kinds) > 20
 
 # -----------------------------------------------------------------------------
 # spelling, facts, stories
@@ -196,3 +323,5 @@ def test_documents_are_varied_and_regular():
     items = [item for d in docs for item in d.split("\n\n")]
     arithmetic_chars = sum(len(i) for i in items if i.startswith("Question: "))
     assert 0.3 < arithmetic_chars / sum(len(i) for i in items) < 0.7
+    assert sum(i.startswith("Multiple Choice question: ") for i in items) > 0.1 * len(items)  # quizzes
+    assert sum(i.startswith("def ") for i in items) > 0.05 * len(items)  # tiny functions
