@@ -309,6 +309,19 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float | None:
     return None
 
 
+def peak_memory_mib(device: torch.device) -> float | None:
+    """The most memory the device has held in tensors so far, in MiB (CUDA only: torch keeps no CPU statistics)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def finish_line(results: dict[str, Any], device: torch.device) -> None:
+    """Record the device's peak memory in a stage's results and print the stage's closing line."""
+    peak = peak_memory_mib(device)
+    results["peak_memory_mib"] = peak if peak is not None else "n/a"
+    print0(f"peak memory: {f'{peak:,.0f} MiB' if peak is not None else 'n/a (not tracked on this device)'} | "
+           f"training time: {results.get('training_time_min', 0):.2f}m")
+
+
 def get_rng_state() -> dict[str, Any]:
     """Every RNG a training process draws from, as JSON-friendly data."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state().tolist()}

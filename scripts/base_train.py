@@ -31,6 +31,7 @@ from nanochat.training import (
     all_reduce_mean,
     apply_schedule,
     autocast_context,
+    finish_line,
     compile_model,
     grad_accum_steps_for,
     lr_multiplier,
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mfu_percent_last_step": log.mfu if log.mfu is not None else "n/a",
         "training_time_min": log.state["total_time"] / 60,
     }
-    if device_type == "cuda":
-        results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    finish_line(results, device)
     get_report().log(section="Base model training", data=[vars(args), results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()

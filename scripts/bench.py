@@ -76,6 +76,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     """Optimizer steps per second of a fresh model on random tokens, once per dtype, same model and data."""
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
+    from nanochat.preflight import estimate_peak_memory
     from nanochat.training import StepBatches, autocast_context, peak_flops, train_step
 
     device_type = args.device_type or autodetect_device_type()
@@ -92,6 +93,8 @@ def bench_train(args: argparse.Namespace) -> dict:
         train_model = torch.compile(model) if args.compile else model
         autocast = autocast_context(device_type, getattr(torch, dtype_name))
         batches = StepBatches(iter(lambda: (data[:, :-1], data[:, 1:]), None), 1)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.warmup):
             train_step(train_model, optimizers, batches, autocast)
         _sync(device)
@@ -107,6 +110,10 @@ def bench_train(args: argparse.Namespace) -> dict:
             "step_ms": 1000 * dt,
             "tok_per_s": tok_per_s,
             "mfu_percent": 100 * model.estimate_flops() * tok_per_s / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            # the preflight's formula for the same step, to hold it against the measured peak
+            "estimated_peak_gib": estimate_peak_memory(config, args.batch, args.seq_len, 1, getattr(torch, dtype_name),
+                                                       args.compile).total / 2**30,
         }
     first = next(iter(results))
     for name, r in results.items():

@@ -29,6 +29,7 @@ from nanochat.training import (
     apply_schedule,
     autocast_context,
     compile_model,
+    finish_line,
     plan_or_exit,
     resolve_dtype,
     resume_if_asked,
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": num_iterations, **{f"pass@{k}": v for k, v in pass_at_k.items()},
                "mean_reward_first_step": log.history("reward")[0][1] if log.history("reward") else None,
                "mean_reward_last_step": log.history("reward")[-1][1] if log.history("reward") else None, "training_time_min": log.state["total_time"] / 60}
+    finish_line(results, device)
     get_report().log(section="Chat RL", data=[vars(args), results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()

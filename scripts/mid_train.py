@@ -30,6 +30,7 @@ from nanochat.training import (
     apply_schedule,
     autocast_context,
     compile_model,
+    finish_line,
     grad_accum_steps_for,
     lr_multiplier,
     muon_momentum,
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_history = [v for _, v in log.history("val_bpb")]
     results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
+    finish_line(results, device)
     get_report().log(section="Midtraining", data=[vars(args), results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()

@@ -221,6 +221,14 @@ def test_cuda_settings_leave_every_tf32_getter_working(monkeypatch):
         torch.set_float32_matmul_precision(before)
 
 
+def test_compiled_newton_schulz_equals_eager():
+    from nanochat.optimizers import compiled_newton_schulz, zeropower_via_newtonschulz5
+
+    G = torch.randn(3, 64, 96, generator=torch.Generator().manual_seed(0))  # a batch of wide matrices
+    torch.testing.assert_close(compiled_newton_schulz()(G, 5), zeropower_via_newtonschulz5(G, 5), atol=2e-5, rtol=1e-4)
+    assert compiled_newton_schulz() is compiled_newton_schulz()  # compiled once, reused by every step
+
+
 # ---- the preflight estimate ----
 
 
