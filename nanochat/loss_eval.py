@@ -10,6 +10,7 @@ in neither sum.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -32,8 +33,9 @@ def evaluate_bpb(
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     autocast = autocast or contextlib.nullcontext()
-    for _ in range(steps):
-        inputs, targets, *_ = next(batches)
+    # at most `steps` batches: a rank whose data ends sooner contributes less, and every rank still
+    # reaches the all_reduce below (a StopIteration on one rank would leave the others waiting there)
+    for inputs, targets, *_ in itertools.islice(batches, steps):
         with autocast:
             nats = model(inputs, targets, loss_reduction="none").view(-1)
         targets = targets.reshape(-1)
@@ -56,8 +58,7 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterator[tuple], steps: int,
     """Mean cross-entropy per target token (targets of -1 ignored) over `steps` batches and all ranks."""
     total = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
     autocast = autocast or contextlib.nullcontext()
-    for _ in range(steps):
-        inputs, targets, *_ = next(batches)
+    for inputs, targets, *_ in itertools.islice(batches, steps):  # as in evaluate_bpb: never a one-rank StopIteration
         with autocast:
             total[0] += model(inputs, targets, loss_reduction="sum").double()
         total[1] += (targets >= 0).sum()

@@ -192,6 +192,17 @@ def test_the_next_steps_data_is_read_while_this_step_runs():
         steps.take()
 
 
+def test_evaluation_stops_at_the_end_of_a_ranks_data_instead_of_raising():
+    from nanochat.loss_eval import evaluate_bpb, evaluate_loss
+
+    model = make_tiny_model()
+    batches = list(make_batches(steps=2))
+    token_bytes = torch.ones(model.config.vocab_size, dtype=torch.int64)
+    # asked for 5 batches, this rank has 2: it evaluates those and still reaches the all_reduce
+    assert evaluate_bpb(model, iter(batches), 5, token_bytes) == evaluate_bpb(model, iter(batches), 2, token_bytes)
+    assert evaluate_loss(model, iter(batches), 5) == evaluate_loss(model, iter(batches), 2)
+
+
 def test_residual_stream_is_bf16_under_autocast():
     model = make_tiny_model()
     seen = []
