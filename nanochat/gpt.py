@@ -285,12 +285,17 @@ class GPT(nn.Module):
             yield next_id.item()
 
 
+# below this a temperature samples the argmax anyway (for any logit gap over ~1e-4), and much
+# below it dividing the logits overflows; so it is greedy
+GREEDY_BELOW = 1e-6
+
+
 def sample_next_token(logits: torch.Tensor, rng: torch.Generator, temperature: float = 1.0,
                       top_k: int | None = None) -> torch.Tensor:
-    """(B, vocab) logits → (B, 1) token ids; temperature 0 is greedy."""
+    """(B, vocab) logits → (B, 1) token ids; temperature 0 (or below GREEDY_BELOW) is greedy."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:  # logits / 1e-300 overflow to inf, and softmax then gives NaN
         return logits.argmax(dim=-1, keepdim=True)
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.size(-1))

@@ -14,7 +14,9 @@ Endpoints:
     GET  /stats                workers total/busy, requests, tokens generated, uptime
 
 Every bad request gets a 4xx JSON error {"error": {"message", "type", "param"}} saying what is
-wrong. The OpenAI endpoint ignores `top_p` (sampling is temperature plus top-k; `top_k` is
+wrong, hostile ones included: a body nested more than 64 levels deep is a 400, one that does not
+arrive within --body_timeout seconds a 408 (and the connection is closed), and a prompt must fit
+the context the model was trained on (`sequence_len`), where its reply also stops. The OpenAI endpoint ignores `top_p` (sampling is temperature plus top-k; `top_k` is
 an extension), ignores `model` (it is echoed back) and fields it does not know, and refuses
 `n` other than 1 and `stop` sequences. A system message (or OpenAI's "developer") is merged
 into the first user message, as the tokenizer renders it.
@@ -59,6 +61,7 @@ GENERATION_PATHS = ("/chat/completions", "/v1/chat/completions")
 ROLES = ("system", "user", "assistant")
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 200
+MAX_JSON_DEPTH = 64  # a chat request is 4 levels deep; deeper bodies are refused, not recursed into
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 
@@ -76,6 +79,7 @@ class Settings:
     max_message_chars: int
     max_conversation_chars: int
     max_max_tokens: int
+    body_timeout: float = 10.0  # seconds a client has to send its whole request body
 
     @property
     def max_body_bytes(self) -> int:
@@ -86,9 +90,10 @@ class Settings:
 class BadRequest(Exception):
     """A request we refuse, with a message for the person who sent it."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+    def __init__(self, message: str, param: str | None = None, status: int = 400, close: bool = False) -> None:
         super().__init__(message)
         self.message, self.param, self.status = message, param, status
+        self.close = close  # the body was not read to its end: the connection cannot carry another request
 
 
 @dataclass
@@ -246,23 +251,53 @@ def parse_chat_request(body: Any, settings: Settings, openai: bool) -> ChatReque
     return chat
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing an oversized body before reading all of it."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits", status=413)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+async def read_json(request: Request, limit: int, timeout: float) -> Any:
+    """The request body as JSON, refusing a body that is oversized, too slow to arrive, or nested too deeply."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:  # refused before a byte of it is read
+        raise BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits",
+                         status=413, close=True)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits",
+                                 status=413, close=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:  # a client that announces a body and stalls must not hold its connection forever
+        raw = await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"the request body did not arrive within {timeout:g} s", status=408, close=True) from None
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON object like {\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}")
+    too_deep = BadRequest(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except json.JSONDecodeError as e:
         raise BadRequest(f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except UnicodeDecodeError:
         raise BadRequest("the request body is not valid UTF-8 text") from None
+    except RecursionError:  # the parser's own recursion limit, around 1000 levels
+        raise too_deep from None
+    if _json_depth(body) > MAX_JSON_DEPTH:
+        raise too_deep
+    return body
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:  # deeper is refused anyway
+                stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 # ---- workers and generation ----
@@ -334,7 +369,8 @@ class ServerState:
         self.settings = settings
         self.model_name = model_name
         self.tokenizer = workers[0].loaded.tokenizer
-        self.context = workers[0].loaded.model.cos.size(1)  # the most tokens the engine can hold
+        # the context the model was trained on: its rotary tables are longer, but past this it writes noise
+        self.context = workers[0].loaded.model.config.sequence_len
         self.stats = Stats()
         self.stopping = threading.Event()  # set at shutdown: every generation stops at its next token
 
@@ -505,7 +541,8 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
     async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
         state().stats.rejected += 1
         request.scope["nanochat.error"] = e.message  # for the request's log line
-        return JSONResponse(error_body(e.message, param=e.param), status_code=e.status)
+        return JSONResponse(error_body(e.message, param=e.param), status_code=e.status,
+                            headers={"Connection": "close"} if e.close else None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -528,11 +565,13 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
 
     async def prepare(request: Request, openai: bool) -> tuple[ChatRequest, list[int]]:
         s = state()
-        chat = parse_chat_request(await read_json(request, s.settings.max_body_bytes), s.settings, openai)
+        body = await read_json(request, s.settings.max_body_bytes, s.settings.body_timeout)
+        chat = parse_chat_request(body, s.settings, openai)
         prompt = prompt_for(s.tokenizer, chat.messages)
         if len(prompt) >= s.context:
             raise BadRequest(f"the conversation is {len(prompt)} tokens, but the model's context holds {s.context}; "
                              "shorten it or start a new conversation", "messages")
+        chat.max_tokens = min(chat.max_tokens, s.context - len(prompt))  # the reply stops at the context's end
         return chat, prompt
 
     @app.get("/")
@@ -646,6 +685,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max_message_chars", type=int, default=8000, help="most characters in one message")
     p.add_argument("--max_conversation_chars", type=int, default=32000, help="most characters in a whole conversation")
     p.add_argument("--max_max_tokens", type=int, default=4096, help="the largest max_tokens a request may ask for")
+    p.add_argument("--body_timeout", type=float, default=10.0,
+                   help="seconds a client has to send its request body; a slower one gets a 408 and is disconnected")
     args = p.parse_args(argv)
     check_sampling_args(p, args)
     if args.temperature > MAX_TEMPERATURE or args.top_k > MAX_TOP_K:
@@ -655,6 +696,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("max_messages", "max_message_chars", "max_conversation_chars", "max_max_tokens", "num_gpus"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if not 0 < args.body_timeout < math.inf:
+        p.error(f"--body_timeout must be a positive number of seconds, got {args.body_timeout}")
 
     device_type = args.device_type or autodetect_device_type()
     _, _, _, _, device = compute_init(device_type)
@@ -671,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_or_exit(args, d)
         workers.append(Worker(i, loaded, Engine(loaded.model, loaded.tokenizer)))
     settings = Settings(args.temperature, args.top_k, args.max_tokens, args.max_messages, args.max_message_chars,
-                        args.max_conversation_chars, args.max_max_tokens)
+                        args.max_conversation_chars, args.max_max_tokens, args.body_timeout)
     app = create_app(workers, settings, workers[0].loaded.name)
     logger.info("serving %s with %d worker(s) at http://%s:%d", workers[0].loaded.name, len(workers), args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=5)

@@ -25,8 +25,12 @@ import pytest
 
 from test_chat_cli import ROOT, write_chat_checkpoint  # the same tiny checkpoint the CLI tests use
 
+GENERATION_PATHS = ("/v1/chat/completions", "/chat/completions")
+
 CHROMIUM = "/usr/bin/chromium"
 MAX_MESSAGES, MAX_MESSAGE_CHARS, MAX_CONVERSATION_CHARS, MAX_MAX_TOKENS = 8, 200, 600, 8000
+SEQUENCE_LEN = 8192  # the context the tiny model is "trained" for: a reply of MAX_MAX_TOKENS fits
+BODY_TIMEOUT_S = 2.0  # --body_timeout: how long the server waits for a request body
 
 
 @dataclass
@@ -54,12 +58,13 @@ def server(tiny_tokenizer, tmp_path_factory) -> Server:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOCHAT_BASE_DIR", str(base))
         # a long context, so a reply of MAX_MAX_TOKENS tokens takes seconds even on a fast CPU
-        write_chat_checkpoint(tiny_tokenizer, sequence_len=1024)
+        write_chat_checkpoint(tiny_tokenizer, sequence_len=SEQUENCE_LEN)
     port = free_port()
     log = base / "server.log"
     cmd = [sys.executable, "-m", "scripts.chat_web", "-i", "sft", "--device_type", "cpu", "--port", str(port),
            "--max_tokens", "24", "--max_messages", str(MAX_MESSAGES), "--max_message_chars", str(MAX_MESSAGE_CHARS),
-           "--max_conversation_chars", str(MAX_CONVERSATION_CHARS), "--max_max_tokens", str(MAX_MAX_TOKENS)]
+           "--max_conversation_chars", str(MAX_CONVERSATION_CHARS), "--max_max_tokens", str(MAX_MAX_TOKENS),
+           "--body_timeout", str(BODY_TIMEOUT_S)]
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "NANOCHAT_BASE_DIR": str(base)},
                                 stdout=log_file, stderr=subprocess.STDOUT)
@@ -268,6 +273,154 @@ def test_other_errors_and_the_server_goes_on(server):
     assert r.usage.completion_tokens == 4 and r.choices[0].message.content
 
 
+# ---- hostile input (issue 16) ----
+
+
+def raw_request(server: Server, head: bytes, timeout: float = 30) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sock.sendall(head)
+    return sock
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 10_000, 200_000])
+@pytest.mark.parametrize("where", ["body", "temperature", "content"])
+def test_deeply_nested_json_is_a_4xx(server, depth, where):
+    # issue 16: depth >= 1000 gave a 500 or a reset (RecursionError)
+    nested = "[" * depth + "]" * depth
+    body = {
+        "body": nested,
+        "temperature": '{"messages": [{"role": "user", "content": "hi"}], "temperature": %s}' % nested,
+        "content": '{"messages": [{"role": "user", "content": %s}]}' % ('{"a":' * depth + "1" + "}" * depth),
+    }[where].encode()
+    for path in GENERATION_PATHS:
+        r = httpx.post(f"{server.url}{path}", content=body, timeout=30)
+        message = r.json()["error"]["message"]
+        if r.status_code == 413:  # 200,000 levels take more bytes than any conversation the server accepts
+            assert len(body) > 60_000 and "the request body is over" in message
+        else:
+            assert r.status_code == 400 and message == "the request body is nested more than 64 levels deep", r.text
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_half_sent_bodies_are_dropped(server):
+    # issue 16: a body announced huge and never sent held its connection open indefinitely
+    # (300 held in the trial); now each gets a 408 after --body_timeout and the connection closes
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000\r\n\r\n" + b'{"messages": [')  # under the body size limit
+    start = time.time()
+    socks = [raw_request(server, head) for _ in range(50)]
+    for sock in socks:
+        response = read_response(sock)  # returns only when the server closes the connection
+        assert response.startswith(b"HTTP/1.1 408 "), response[:200]
+        assert b"did not arrive within" in response
+        sock.close()
+    assert time.time() - start < BODY_TIMEOUT_S + 10
+    # a Content-Length over the limit is refused at once, before any body is sent
+    sock = raw_request(server, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+    start = time.time()
+    response = read_response(sock)
+    assert response.startswith(b"HTTP/1.1 413 ") and time.time() - start < BODY_TIMEOUT_S, response[:200]
+    sock.close()
+    r = server.client().chat.completions.create(model="m", messages=[USER], max_tokens=3)
+    assert r.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-40, 1e-7])
+def test_tiny_temperature_is_greedy_not_nan(server, temperature):
+    # issue 16: 1e-300 overflowed logits / temperature into NaN probabilities and returned garbage
+    messages = [{"role": "user", "content": "the cat sat on"}]
+    greedy = server.client().chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=10, seed=1)
+    tiny = server.client().chat.completions.create(model="m", messages=messages, temperature=temperature, max_tokens=10,
+                                                   seed=2)
+    assert tiny.choices[0].message.content == greedy.choices[0].message.content
+
+
+def hostile_requests(count: int) -> list[tuple[str, str, dict, bytes]]:
+    """`count` malformed requests (method, path, headers, body), reproducible: broken and
+    truncated JSON, random bytes, invalid UTF-8, wrong types and absurd values in every field,
+    deep nesting, lone surrogates, odd paths and methods."""
+    import random
+
+    rng = random.Random(16)
+    valid = {"model": "m", "messages": [USER, ASSISTANT, USER], "temperature": 0.5, "top_k": 5, "max_tokens": 1,
+             "seed": 3, "stream": False}
+    valid_text = json.dumps(valid)
+    fields = ["messages", "temperature", "top_k", "max_tokens", "seed", "n", "stop", "stream", "model", "top_p",
+              "stream_options", "max_completion_tokens"]
+    weird = ["null", "true", "-0", "1e999", "-1e999", "NaN", "Infinity", "1" + "0" * 400, "-" + "9" * 30, '""',
+             '"x"', '"' + "x" * 5000 + '"', "[]", "{}", "[[[]]]", '"\\ud800"', '"\\u0000"', "[null]", '[{"role": 1}]',
+             '[{"role": "user", "content": "\\udfff\\ud800"}]', '[{"role": "user", "content": [{"type": "text"}]}]',
+             '[{"role": "user", "content": {"text": "hi"}}]', '{"include_usage": [1]}', "0.1e-310", "4.9e-324"]
+    requests = []
+    for i in range(count):
+        kind = i % 10
+        method, path, headers = "POST", GENERATION_PATHS[i % 2], {"Content-Type": "application/json"}
+        if kind == 0:  # random bytes
+            body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+        elif kind == 1:  # truncated JSON
+            body = valid_text[: rng.randrange(1, len(valid_text) - 1)].encode()
+        elif kind in (2, 3, 4):  # one field replaced by something absurd
+            field, value = rng.choice(fields), rng.choice(weird)
+            body = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "%s": %s}' % (field, value)).encode()
+            if field == "messages" and value in ("null", "[]"):
+                body = body.replace(b'"messages": [{"role": "user", "content": "hi"}], ', b"")
+        elif kind == 5:  # deep nesting somewhere
+            depth = rng.choice([65, 500, 999, 1000, 5000, 50_000])
+            opener, closer = rng.choice([("[", "]"), ('{"a":', "}")])
+            nested = opener * depth + "1" + closer * depth if opener != "[" else "[" * depth + "]" * depth
+            body = rng.choice([nested, '{"messages": %s}' % nested, '{"messages": [USER], "seed": %s}' % nested]).encode()
+        elif kind == 6:  # strings the server must not choke on when it quotes them back
+            role = rng.choice(["\\ud800", "\\u0000", "\u202eresu", "🙂" * 50, "x" * 10_000, "\\\\" * 100])
+            body = ('{"messages": [{"role": "%s", "content": "hi"}]}' % role).encode()
+        elif kind == 7:  # invalid UTF-8 and odd encodings inside otherwise valid JSON
+            body = rng.choice([b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', "\ufeff{}".encode(),
+                               b'{"messages": [{"role": "user", "content": "hi"}]}'.decode().encode("utf-16"),
+                               b"\x00" * 50])
+        elif kind == 8:  # odd paths and methods
+            method = rng.choice(["GET", "PUT", "DELETE", "PATCH", "POST"])
+            path = rng.choice(["/v1/chat/completions/", "/%ff%fe", "/v1/" + "a" * 2000, "/chat/completions?x=%00",
+                               "/../../etc/passwd", "/stats/", "/v1/models/x", "//", "/health?a=" + "b" * 3000])
+            body = b"{}"
+        else:  # wrong or missing content type, duplicate keys, a BOM, a JSON scalar
+            headers = rng.choice([{}, {"Content-Type": "text/plain"}, {"Content-Type": "application/json; charset=latin-1"}])
+            body = rng.choice([b'{"messages": 1, "messages": 2}', b'"hello"', b"42", b"null", b"[]", b"  \n  "])
+        requests.append((method, path, headers, body))
+    return requests
+
+
+def test_hostile_requests_get_no_5xx(server):
+    # issue 16: 1,300 hostile requests; deep nesting, half-sent bodies and tiny temperatures broke the server
+    requests = hostile_requests(1200)
+    statuses: dict[int, int] = {}
+    failures = []
+    start = time.time()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for method, path, headers, body in requests:
+            try:
+                r = client.request(method, path, headers=headers, content=body)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code >= 500:
+                    failures.append((r.status_code, method, path, body[:120], r.text[:200]))
+            except httpx.HTTPError as e:  # a reset or a hang is a failure too
+                failures.append(("error", method, path, body[:120], repr(e)))
+            assert time.time() - start < 240, "the hostile requests took too long"
+    assert not failures, failures[:10]
+    assert sum(n for code, n in statuses.items() if 400 <= code < 500) >= 1000, statuses
+    # and the server answers normally afterwards
+    r = server.client().chat.completions.create(model="m", messages=[USER], max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens == 4 and r.choices[0].message.content
+    assert httpx.get(f"{server.url}/health").json()["ready"] is True
+
+
 # ---- concurrency and clients that leave ----
 
 
@@ -435,9 +588,9 @@ def test_conversation_over_the_models_context_is_refused(tiny_tokenizer):
     from scripts.chat_cli import LoadedModel
     from scripts.chat_web import Settings, Worker, create_app
 
-    model = GPT(GPTConfig(sequence_len=4, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
+    model = GPT(GPTConfig(sequence_len=40, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
     model.init_weights()  # a zero head: uniform logits, so greedy decoding never picks a stop token
-    context = model.cos.size(1)
+    context = 40  # what it was trained for; its rotary tables hold 400 positions, which issue 16 found used instead
     loaded = LoadedModel(model, tiny_tokenizer, {}, "nanochat-tiny", torch.device("cpu"), contextlib.nullcontext)
     settings = Settings(temperature=0.0, top_k=50, max_tokens=8, max_messages=10, max_message_chars=1000,
                         max_conversation_chars=1000, max_max_tokens=100)
