@@ -15,9 +15,9 @@ The boundary is the kernel's, not Python's:
   prefix, a few /dev nodes) on a read-only root; the only writable place is the working
   directory, a private tmpfs of at most `MAX_WORKDIR_BYTES` that vanishes with the sandbox;
   no /proc and no /sys, so nothing of the host's processes (or of its own memory) is visible;
-- when the caller runs as root, bubblewrap itself is started as uid 65534, so that
-  RLIMIT_NPROC (which the kernel waives for root) applies; the runner then sets, before the
-  code runs, RLIMIT_AS/DATA (`maximum_memory_bytes`), RLIMIT_NPROC (`MAX_TASKS`, threads
+- outside the sandbox the code's uid is never root (the kernel waives RLIMIT_NPROC for root):
+  it is the caller's, or 65534 when the caller is root (see `_Sandbox.command`); before it runs
+  the runner sets RLIMIT_AS/DATA (`maximum_memory_bytes`), RLIMIT_NPROC (`MAX_TASKS`, threads
   included), RLIMIT_FSIZE, RLIMIT_CPU (a backstop should the caller die) and no core dumps;
 - a seccomp filter refuses the system calls that reach into another process (ptrace,
   process_vm_readv/writev, pidfd_getfd, perf_event_open).
@@ -63,8 +63,8 @@ from dataclasses import dataclass
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024  # per stream: a print loop must not fill the parent's memory
 MAX_FILE_BYTES = 64 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the code may write
 MAX_WORKDIR_BYTES = 64 * 1024 * 1024  # size of the tmpfs working directory: all files together
-MAX_TASKS = 16  # RLIMIT_NPROC inside the sandbox: processes and threads, the sandbox's own 3 included
-SANDBOX_UID = 65534  # "nobody": the uid inside the sandbox, and outside it when the caller is root
+MAX_TASKS = 16  # RLIMIT_NPROC inside the sandbox: processes and threads, the runner and its watcher included
+SANDBOX_UID = 65534  # "nobody": the code's uid inside the sandbox (and outside it when the caller is root)
 _MAX_ERROR_CHARS = 10_000
 _PROGRAM_NAME = "<program>"  # filename in tracebacks of the user code
 _CHILD_FLAG = "--nanochat-sandbox-child"
@@ -549,6 +549,7 @@ def _child_source() -> str:
 # or a way to move the runner's frame (tracing) or to undo the hook
 _REFUSED_EVENTS = frozenset({
     "sys.addaudithook", "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
+    "sys._settraceallthreads", "sys._setprofileallthreads", "sys.monitoring.register_callback",  # 3.12+
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__", "marshal.loads", "marshal.load",
 })
 # modules refused even from lib-dynload: raw memory (ctypes, the C-API test modules) and
@@ -628,7 +629,10 @@ def _watch(token_fd: int, result_fd: int, handoff: list, frame_given, watcher_re
     runs on this thread), and its frame is out of the code's reach (see the module docstring).
     """
     payload = _TOKEN_PREFIX + _read_fd(token_fd)
-    write, exit_now, tick = os.write, os._exit, _thread_lock()
+    # locals only from here on: the code can rebind this module's globals, and a global read
+    # here (say a poll interval it replaced with an object that has __float__) would run its
+    # code on this thread
+    write, exit_now, tick, poll = os.write, os._exit, _thread_lock(), _WATCH_POLL_S
     tick.acquire()  # held for good: tick.acquire(True, t) is then a plain sleep
     wait = tick.acquire
     frame_given.acquire()
@@ -637,7 +641,7 @@ def _watch(token_fd: int, result_fd: int, handoff: list, frame_given, watcher_re
     handoff = None
     watcher_ready.release()
     while frame.f_lineno != last_line:
-        wait(True, _WATCH_POLL_S)
+        wait(True, poll)
     while payload:
         payload = payload[write(result_fd, payload):]
     exit_now(0)

@@ -309,6 +309,48 @@ def test_refusals_that_surface_as_other_errors():
     assert r.success and "HOOK" not in r.stdout, r
 
 
+# a forger that would succeed if any of its code ran on the watcher thread: every object it
+# plants, when called, converted, compared or hashed, looks for the token in the frames below
+# it and writes exactly the success report to the result pipe
+PLANTED_FORGER = r"""
+import os, re, sys, time
+runner = sys.modules["__main__"]
+frame = sys._getframe()
+while "result_fd" not in frame.f_locals:  # the runner's own frames are in reach: that is fine
+    frame = frame.f_back
+result_fd = frame.f_locals["result_fd"]
+
+def steal(*args):
+    frame = sys._getframe()
+    while frame is not None:
+        for value in frame.f_locals.values():
+            if isinstance(value, bytes) and re.fullmatch(rb"OK [0-9a-f]{32}", value):
+                os.write(result_fd, value)
+                os._exit(0)
+        frame = frame.f_back
+    return 0
+
+class Planted:
+    __float__ = __index__ = __int__ = __hash__ = __eq__ = __ne__ = __lt__ = __bool__ = __call__ = steal
+    __len__ = lambda self: steal() or 0
+    def __getattr__(self, name):
+        steal()
+        return self
+
+for name, value in list(vars(runner).items()):
+    if not name.startswith("__") and not isinstance(value, type(os)):
+        setattr(runner, name, Planted())
+time.sleep(0.5)  # the watcher polls meanwhile
+assert False, "the forger found nothing"
+"""
+
+
+def test_code_planted_in_the_runners_globals_never_runs_on_the_watcher():
+    # (with the watcher reading one global in its loop, this forged success=True)
+    r = run(PLANTED_FORGER)
+    assert not r.success and not r.timeout, r  # how it failed is the code's own doing: it broke the runner
+
+
 def test_c_extensions_only_from_the_interpreters_lib_dynload():
     # a .so the code writes itself would run native code in the runner: copy the interpreter's
     # own `math` extension into the working directory and import it from there
