@@ -16,10 +16,11 @@ that is complete for every rank from one a crashed rank left short.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,8 @@ COMPILED_PREFIX = "_orig_mod."
 
 _META_RE = re.compile(r"meta_(\d+)\.json")
 _TAG_RE = re.compile(r"d(\d+)")
+_STEP_RE = re.compile(r"(?:meta|model|optim)_(\d+)")
+_TMP_RE = re.compile(r".+\.tmp-(\d+)")  # common.atomic_write's temp files
 
 
 class CheckpointError(RuntimeError):
@@ -62,6 +65,62 @@ def _optim_path(checkpoint_dir: str, step: int, rank: int) -> str:
 # ---- writing ----
 
 
+class _HashingWriter:
+    """A file that hashes what passes through it, so a checksum costs no second read of a 5 GB file."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _save_hashed(path: str, obj: Any) -> str:
+    """torch.save obj to path atomically; returns the file's sha256."""
+    digest = {}
+
+    def write(f: IO[bytes]) -> None:
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
+        digest["sha256"] = writer.sha.hexdigest()
+
+    atomic_write(path, write)
+    return digest["sha256"]
+
+
+def _sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def remove_stale_temp_files(checkpoint_dir: str) -> list[str]:
+    """Delete `*.tmp-PID` files that interrupted saves left behind (their process is gone)."""
+    removed = []
+    for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []:
+        m = _TMP_RE.fullmatch(name)
+        if m and not _process_alive(int(m.group(1))):
+            os.remove(os.path.join(checkpoint_dir, name))
+            removed.append(name)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 def save_checkpoint(
     checkpoint_dir: str,
     step: int,
@@ -73,33 +132,39 @@ def save_checkpoint(
     """
     Rank 0 writes the model and the meta; every rank writes its own optimizer state (the
     distributed optimizers keep only a shard per rank) unless optimizer_data is None.
-    rank defaults to this process's torchrun rank.
+    rank defaults to this process's torchrun rank. The meta records the sha256 of every file
+    of the step, which loading checks: a corrupt file, or a file of another run under the same
+    name, is refused instead of loaded.
     """
     if rank is None:
         rank = get_dist_info()[1]
     os.makedirs(checkpoint_dir, exist_ok=True)
+    checksums = {}
     if rank == 0:
         if "model_config" not in meta_data:
             raise ValueError("meta_data needs 'model_config' (the GPTConfig fields) or the checkpoint cannot be loaded")
-        if optimizer_data is not None:  # every rank writes a shard; resume needs all of them
-            meta_data = {**meta_data, "optim_ranks": get_dist_info()[3]}
-        # serialize before writing anything, so a meta that is not JSON fails before the model is written
-        meta_bytes = json.dumps(meta_data, indent=2).encode("utf-8")
+        json.dumps(meta_data)  # a meta that is not JSON fails before anything is written
+        remove_stale_temp_files(checkpoint_dir)
         model_path = _model_path(checkpoint_dir, step)
-        atomic_write(model_path, lambda f: torch.save(model_data, f))
+        checksums[os.path.basename(model_path)] = _save_hashed(model_path, model_data)
         logger.info("saved model to %s", model_path)
     if optimizer_data is not None:
         optim_path = _optim_path(checkpoint_dir, step, rank)
-        atomic_write(optim_path, lambda f: torch.save(optimizer_data, f))
+        checksums[os.path.basename(optim_path)] = _save_hashed(optim_path, optimizer_data)
         logger.info("saved optimizer state to %s", optim_path)
     if dist.is_available() and dist.is_initialized():
-        # the meta is the step's completion marker: write it only once every rank's files are on
-        # disk (a rank that dies before this point leaves the step without a meta, never half-done)
-        dist.barrier()
+        # the meta is the step's completion marker: rank 0 writes it only once every rank's files
+        # are on disk (a rank that dies before this point leaves the step without a meta, never
+        # half-done); gathering every rank's checksums is that synchronization point
+        gathered: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, checksums)
+        checksums = {name: digest for part in gathered for name, digest in part.items()}
     if rank == 0:
-        # last: find_last_step counts a step only once its meta exists
+        meta_data = {**meta_data, "checksums": checksums}
+        if optimizer_data is not None:  # every rank writes a shard; resume needs all of them
+            meta_data["optim_ranks"] = get_dist_info()[3]
         meta_path = _meta_path(checkpoint_dir, step)
-        atomic_write(meta_path, lambda f: f.write(meta_bytes))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta_data, indent=2).encode("utf-8")))
         logger.info("saved metadata to %s", meta_path)
 
 
@@ -131,6 +196,19 @@ def _torch_load(path: str, checkpoint_dir: str, step: int, device: torch.device 
         raise _unreadable(path, checkpoint_dir, step, e) from e
 
 
+def _verify_checksum(path: str, meta_data: dict[str, Any], checkpoint_dir: str, step: int) -> None:
+    """Refuse a file whose bytes are not the ones its step's meta recorded (checkpoints older than checksums pass)."""
+    expected = meta_data.get("checksums", {}).get(os.path.basename(path))
+    if expected is None or _sha256(path) == expected:
+        return
+    earlier = [s for s in _complete_steps(checkpoint_dir) if s < step]
+    fallback = f"load step {earlier[-1]} instead (--model_step / --resume_from_step)" if earlier else "no earlier step to fall back to"
+    raise CheckpointError(
+        f"{path} does not match the checksum its meta recorded: it is truncated or corrupt, or a save of "
+        f"another run replaced it after step {step} was saved; {fallback}"
+    )
+
+
 def _require_file(path: str, checkpoint_dir: str) -> None:
     if not os.path.isfile(path):
         steps = _complete_steps(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
@@ -157,6 +235,9 @@ def load_checkpoint(
             meta_data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _unreadable(meta_path, checkpoint_dir, step, e) from e
+    if not isinstance(meta_data, dict):
+        raise _unreadable(meta_path, checkpoint_dir, step, ValueError("not a JSON object"))
+    _verify_checksum(model_path, meta_data, checkpoint_dir, step)
     model_data = _torch_load(model_path, checkpoint_dir, step, device)
     optimizer_data = None
     if load_optimizer:
@@ -170,6 +251,7 @@ def load_checkpoint(
                 f"no optimizer state for rank {rank} at {optim_path} (found {saved}); resume with the "
                 "number of ranks the checkpoint was saved with, or start without loading the optimizer"
             )
+        _verify_checksum(optim_path, meta_data, checkpoint_dir, step)
         optimizer_data = _torch_load(optim_path, checkpoint_dir, step, device)
     logger.info("loaded checkpoint step %d from %s", step, checkpoint_dir)
     return model_data, optimizer_data, meta_data
@@ -207,6 +289,22 @@ def find_last_step(checkpoint_dir: str, with_optimizer: bool = False) -> int:
     raise CheckpointError(f"no step in {checkpoint_dir} has all of its optimizer files; start a fresh run")
 
 
+def _step_files(checkpoint_dir: str, step: int) -> list[str]:
+    """A step's files, meta first (so a step deleted halfway never looks complete)."""
+    prefix = f"optim_{step:06d}_rank"
+    optims = sorted(os.path.join(checkpoint_dir, n) for n in os.listdir(checkpoint_dir) if n.startswith(prefix))
+    return [p for p in (_meta_path(checkpoint_dir, step), _model_path(checkpoint_dir, step), *optims) if os.path.exists(p)]
+
+
+def clear_checkpoints(checkpoint_dir: str) -> None:
+    """Delete every step's files in checkpoint_dir (what --overwrite does before a fresh run)."""
+    steps = {int(m.group(1)) for n in os.listdir(checkpoint_dir) if (m := _STEP_RE.match(n))}
+    for step in sorted(steps):
+        for path in _step_files(checkpoint_dir, step):
+            os.remove(path)
+    remove_stale_temp_files(checkpoint_dir)
+
+
 def prune_checkpoints(checkpoint_dir: str, keep_last: int) -> list[int]:
     """
     Delete all but the newest keep_last complete steps (keep_last < 1 keeps everything) and
@@ -221,11 +319,8 @@ def prune_checkpoints(checkpoint_dir: str, keep_last: int) -> list[int]:
     kept = set(complete[-keep_last:])
     doomed = [s for s in steps if s < min(kept, default=0)]
     for step in doomed:
-        prefix = f"optim_{step:06d}_rank"
-        optims = [os.path.join(checkpoint_dir, n) for n in os.listdir(checkpoint_dir) if n.startswith(prefix)]
-        for path in [_meta_path(checkpoint_dir, step), _model_path(checkpoint_dir, step), *optims]:
-            if os.path.exists(path):
-                os.remove(path)
+        for path in _step_files(checkpoint_dir, step):
+            os.remove(path)
         logger.info("deleted checkpoint step %d of %s (--keep_last=%d)", step, checkpoint_dir, keep_last)
     return doomed
 

@@ -10,7 +10,9 @@ import contextlib
 import math
 import random
 import sys
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -355,21 +357,55 @@ def save_training_checkpoint(checkpoint_dir: str, step: int, model: torch.nn.Mod
         prune_checkpoints(checkpoint_dir, keep_last)
 
 
+# flags that change what a run computes are compared on resume; these only change what it
+# logs, evaluates, keeps or where it runs, so a resumed run may set them differently
+BOOKKEEPING_FLAGS = frozenset({
+    "run", "device_type", "compile", "resume", "resume_from_step", "keep_last", "dry_run", "skip_preflight",
+    "overwrite", "model_tag", "eval_every", "eval_tokens", "eval_steps", "eval_metrics_every",
+    "eval_metrics_max_problems", "eval_examples", "core_metric_every", "core_metric_max_per_task", "sample_every",
+    "save_every", "peak_flops",
+})
+RESUME_KEYS = ("data_states", "rng_states", "loop_state")
+
+
+@dataclass
+class ResumeState:
+    """Where a training run starts: step 0 and nothing for a fresh run, the saved loop otherwise."""
+
+    step: int = 0
+    data_state: Any = None  # this rank's data-loader position
+    loop_state: dict | None = None  # StepLog's state: smoothed loss, training time, eval history
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # recorded in every meta of the run
+
+
+def changed_flags(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The flags that change the math and differ between a saved run's user_config and this one's."""
+    names = (saved.keys() | now.keys()) - BOOKKEEPING_FLAGS
+    return {k: (saved.get(k), now.get(k)) for k in sorted(names) if saved.get(k) != now.get(k)}
+
+
 def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Module,
                     optimizers: list[torch.optim.Optimizer], device: torch.device,
-                    expect: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+                    expect: dict[str, Any], flags: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], Any]:
     """
     Load what save_training_checkpoint wrote (the latest step when step is None) into model and
     optimizers; `expect` lists meta values this run must share with the saved one (model
-    config, schedule length...). Returns (step, meta, this rank's data state).
+    config, schedule length...) and `flags` this run's command-line flags, compared with the
+    saved run's on every flag that changes the math. Returns (step, meta, this rank's data state).
     """
-    from nanochat.checkpoint_manager import find_last_step, load_checkpoint
+    from nanochat.checkpoint_manager import CheckpointError, find_last_step, load_checkpoint
 
     rank = get_dist_info()[1]
     if step is None:
         step = find_last_step(checkpoint_dir, with_optimizer=True)
     model_data, optim_data, meta = load_checkpoint(checkpoint_dir, step, device, load_optimizer=True, rank=rank)
+    missing = [k for k in RESUME_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(f"step {step} in {checkpoint_dir} has no {missing} in its meta, so it cannot be resumed "
+                              "(it was not saved by a training run); start a fresh run with --overwrite")
     differ = {k: (meta.get(k), v) for k, v in expect.items() if meta.get(k) != v}
+    if flags is not None and "user_config" in meta:
+        differ.update(changed_flags(meta["user_config"], flags))
     if differ:
         details = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in differ.items())
         raise ValueError(f"the checkpoint in {checkpoint_dir} was trained with other settings ({details}); "
@@ -392,6 +428,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (auto: on for CUDA where the batch shapes are fixed)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
     p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start fresh in a model tag that already holds checkpoints, deleting them")
     p.add_argument("--keep_last", type=int, default=2,
                    help="keep only the newest N checkpoints of this run, the final one included (-1: keep all)")
     p.add_argument("--dry_run", action="store_true", help="print the plan (sizes, steps, memory estimate) and exit")
@@ -441,23 +479,38 @@ def plan_or_exit(config: Any, device_batch_size: int, seq_len: int, world_size: 
 
 
 def resume_if_asked(args: Any, checkpoint_dir: str, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-                    device: torch.device, expect: dict[str, Any]) -> tuple[int, Any, dict | None]:
+                    device: torch.device, expect: dict[str, Any]) -> ResumeState:
     """
-    The --resume / --resume_from_step flags every training script takes: (start step, data
-    state, step-log state), all empty for a fresh run. A checkpoint that cannot be resumed
-    ends the run with one line saying why.
+    The --resume / --resume_from_step / --overwrite flags every training script takes. A fresh
+    run refuses a model tag that already holds checkpoints (they would be overwritten step by
+    step and mixed with this run's) unless --overwrite, which deletes them first. A checkpoint
+    that cannot be resumed ends the run with one line saying why.
     """
-    if not args.resume and args.resume_from_step < 0:
-        return 0, None, None
-    from nanochat.checkpoint_manager import CheckpointError
+    from nanochat.checkpoint_manager import CheckpointError, clear_checkpoints, find_last_step
 
+    if not args.resume and args.resume_from_step < 0:
+        try:
+            existing = find_last_step(checkpoint_dir)
+        except CheckpointError:
+            return ResumeState()  # nothing there: a fresh run in a fresh folder
+        if not args.overwrite:
+            compute_cleanup()
+            sys.exit(f"error: {checkpoint_dir} already holds checkpoints of a run (last step {existing}); continue it "
+                     "with --resume, start over with --overwrite (deletes them), or pick another --model_tag")
+        if get_dist_info()[1] == 0:
+            print0(f"--overwrite: deleting the checkpoints in {checkpoint_dir}")
+            clear_checkpoints(checkpoint_dir)
+        if get_dist_info()[0]:
+            dist.barrier()  # no rank starts before the old files are gone
+        return ResumeState()
     try:
         step, meta, data_state = resume_training(checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None,
-                                                 model, optimizers, device, expect)
+                                                 model, optimizers, device, expect, vars(args))
     except (CheckpointError, ValueError) as e:
+        compute_cleanup()
         sys.exit(f"error: cannot resume: {e}")
     print0(f"resumed from step {step} of {checkpoint_dir}")
-    return step, data_state, meta["loop_state"]
+    return ResumeState(step, data_state, meta["loop_state"], meta.get("run_id") or ResumeState().run_id)
 
 
 def scale_learning_rates(optimizers: list[torch.optim.Optimizer], frac: float) -> None:

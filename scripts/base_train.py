@@ -130,15 +130,16 @@ def main(argv: list[str] | None = None) -> dict:
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
 
     run_meta = {"model_config": vars(config), "num_iterations": num_iterations}
-    start_step, loader_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
+    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
+    start_step, loader_state = resumed.step, resumed.data_state
 
     train_batches = StepBatches(tokenizing_distributed_data_loader_with_state(
         B, T, "train", tokenizer=tokenizer, device=device, resume_state=loader_state), grad_accum_steps)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
-    log = StepLog(tokens_per_step, flops_per_token, peak_flops(device, args.peak_flops), world_size, log_state)
+    log = StepLog(tokens_per_step, flops_per_token, peak_flops(device, args.peak_flops), world_size, resumed.loop_state)
 
     def save(step: int, val_bpb: float | None) -> None:
-        meta = {**run_meta, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
+        meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
         save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, loader_state, args.keep_last)
         print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
 

@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
-    start_step, _, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
+    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
+    start_step = resumed.step
 
     engine = Engine(model, tokenizer)
     pad = tokenizer.get_bos_token_id()
-    log = StepLog(0, world_size=world_size, state=log_state)
+    log = StepLog(0, world_size=world_size, state=resumed.loop_state)
     per_rank = args.examples_per_step // world_size
     step, pass_at_k = start_step, {}
     while True:
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
             for k in (1, args.device_batch_size):
                 wandb_run.log(log.eval(step, f"pass@{k}", pass_at_k[k]))
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            meta = {**run_meta, "user_config": vars(args), "pass_at_k": pass_at_k, "loop_state": log.state}
+            meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "pass_at_k": pass_at_k, "loop_state": log.state}
             save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, {"next_step": step}, args.keep_last)
             print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
         if last:

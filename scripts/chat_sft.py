@@ -118,11 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
-    start_step, data_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
+    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
+    start_step, data_state = resumed.step, resumed.data_state
 
     batches = StepBatches(sft_loader(train_set, tokenizer, B, max_len, device, loop=True, resume_state=data_state),
                           grad_accum_steps)
-    log = StepLog(0, world_size=world_size, state=log_state)
+    log = StepLog(0, world_size=world_size, state=resumed.loop_state)
     metric_tasks = {"MMLU": MMLU(subset="all", split="test"), "ARC-Easy": ARC(subset="ARC-Easy", split="test")}
 
     step, val_loss, metrics = start_step, None, {}
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                     wandb_run.log(log.eval(step, f"{name}_acc", metrics[name]))
             model.train()
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            meta = {**run_meta, "user_config": vars(args), "val_loss": val_loss, "loop_state": log.state}
+            meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "val_loss": val_loss, "loop_state": log.state}
             save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state, args.keep_last)
             print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
         if last:

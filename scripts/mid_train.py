@@ -122,13 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": source_meta["step"]}
-    start_step, data_state, log_state = resume_if_asked(args, checkpoint_dir, model, optimizers, device, {k: v for k, v in run_meta.items() if k != "source_step"})
+    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device,
+                              {k: v for k, v in run_meta.items() if k != "source_step"})
+    start_step, data_state = resumed.step, resumed.data_state
 
     batches = StepBatches(packed_conversation_loader(train_set, tokenizer, B, T, device, loop=args.num_iterations > 0,
                                                      resume_state=data_state), grad_accum_steps)
     token_bytes = get_token_bytes(device)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
-    log = StepLog(args.total_batch_size, model.estimate_flops(), peak_flops(device), world_size, log_state)
+    log = StepLog(args.total_batch_size, model.estimate_flops(), peak_flops(device), world_size, resumed.loop_state)
 
     step, val_bpb = start_step, None
     progress = 0.0 if data_state is None else data_state["progress"]
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.train()
             wandb_run.log(log.eval(step, "val_bpb", val_bpb))
         if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            meta = {**run_meta, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
+            meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
             save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state, args.keep_last)
             print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
         if last:

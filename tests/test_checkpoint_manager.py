@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -98,13 +99,16 @@ def test_round_trip_logits_meta_and_optimizer(tok_base_dir: Path) -> None:
     assert torch.equal(logits(loaded), logits(model))
     assert not loaded.training
     assert tokenizer.get_vocab_size() == VOCAB
-    assert loaded_meta == {**meta, "optim_ranks": 1}  # plus the number of optimizer shards saved with it
+    # plus the number of optimizer shards saved with it and every file's sha256
+    checksums = {name: hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+                 for name in ("model_000003.pt", "optim_000003_rank0.pt")}
+    assert loaded_meta == {**meta, "optim_ranks": 1, "checksums": checksums}
     assert build_model(str(ckpt), 3, "cpu", phase="train")[0].training
 
     model_data, optimizer_data, meta_data = load_checkpoint(str(ckpt), 3, "cpu", load_optimizer=True)
     assert_same(model_data, model.state_dict())
     assert_same(optimizer_data, [opt.state_dict()])
-    assert meta_data == {**meta, "optim_ranks": 1}
+    assert meta_data == loaded_meta
 
     # the restored optimizer takes the same next step as the original
     resumed_opt = torch.optim.AdamW(loaded.parameters(), lr=1e-3, betas=(0.8, 0.95))
