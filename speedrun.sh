@@ -59,9 +59,12 @@ stage() {
     touch "$MARKERS/$name.done"
 }
 
-# resume_flag DIR: --resume when DIR (a stage's checkpoint folder) already holds a checkpoint
+# resume_flag DIR: when DIR (a stage's checkpoint folder) already holds a checkpoint, --resume it,
+# or with NANOCHAT_FRESH=1 --overwrite it (a training script refuses to start over in an occupied folder)
 resume_flag() {
-    if compgen -G "$1/meta_*.json" > /dev/null; then echo "--resume"; fi
+    if compgen -G "$1/meta_*.json" > /dev/null; then
+        if [ "${NANOCHAT_FRESH:-0}" = "1" ]; then echo "--overwrite"; else echo "--resume"; fi
+    fi
 }
 
 if [ ! -f "$MARKERS/report-reset.done" ]; then

@@ -25,7 +25,7 @@ from typing import IO, Any
 import torch
 import torch.distributed as dist
 
-from nanochat.common import atomic_write, get_base_dir, get_dist_info, logger
+from nanochat.common import NanochatError, atomic_write, get_base_dir, get_dist_info, logger
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer, get_tokenizer_dir
 
@@ -46,7 +46,7 @@ _STEP_RE = re.compile(r"(?:meta|model|optim)_(\d+)")
 _TMP_RE = re.compile(r".+\.tmp-(\d+)")  # common.atomic_write's temp files
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NanochatError):
     """A checkpoint is missing, incomplete, corrupt, or does not match the code or tokenizer."""
 
 

@@ -5,6 +5,7 @@ rank-0 printing, logging, seeding, and a stand-in for wandb.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -17,7 +18,25 @@ from typing import IO, Any
 import torch
 import torch.distributed as dist
 
+from nanochat.errors import NanochatError
+
 logger = logging.getLogger("nanochat")
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """
+    A script's entry point: the library's typed errors, and a full disk, end the run with one
+    line and exit status 1. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        main()
+    except NanochatError as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        sys.exit(f"error: no space left on the device ({e.filename or 'writing a file'}): free some (a stage's older "
+                 "checkpoints go with --keep_last) and rerun with --resume; the last complete checkpoint is intact")
 
 
 def get_base_dir() -> str:

@@ -59,7 +59,7 @@ import yaml
 from filelock import FileLock
 from tqdm import tqdm
 
-from nanochat.common import get_base_dir, get_dist_info, print0, stream_url_to_file
+from nanochat.common import NanochatError, get_base_dir, get_dist_info, print0, stream_url_to_file
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 BUNDLE_DIR_NAME = "eval_bundle"
@@ -71,7 +71,7 @@ EXAMPLE_SEPARATOR = "\n\n"
 TIE_RTOL = 1e-6  # mean losses this close count as a tie (float rounding of equal means)
 
 
-class EvalBundleError(RuntimeError):
+class EvalBundleError(NanochatError):
     """The eval bundle is missing, incomplete or malformed, or could not be downloaded."""
 
 

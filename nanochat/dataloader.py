@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from nanochat.common import get_dist_info
-from nanochat.dataset import open_parquet, split_files
+from nanochat.dataset import open_parquet, read_texts, split_files
 
 # (epoch, file_index, row_group, doc_index): where a document sits in this rank's stream
 Position = tuple[int, int, int, int]
@@ -35,7 +35,7 @@ def _documents(files: list[str], start: Position, rank: int, world_size: int) ->
             pf = open_parquet(files[fi])
             first_rg = row_group if fi == file_index else rank
             for rg in range(first_rg, pf.num_row_groups, world_size):
-                texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                texts = read_texts(pf, files[fi], rg)
                 first_doc = doc_index if (fi, rg) == (file_index, row_group) else 0
                 for di in range(first_doc, len(texts)):
                     produced = True

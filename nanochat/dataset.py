@@ -29,7 +29,7 @@ import requests
 from filelock import FileLock
 from tqdm import tqdm
 
-from nanochat.common import get_base_dir, stream_url_to_file
+from nanochat.common import NanochatError, get_base_dir, stream_url_to_file
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD = 1822  # the last shard index on the hub, so there are MAX_SHARD + 1 shards
@@ -48,11 +48,15 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-class ShardError(RuntimeError):
+class DataNotFoundError(NanochatError, FileNotFoundError):
+    """No shards (or too few) where a stage looks for them: the fix is to download or write them."""
+
+
+class ShardError(NanochatError):
     """A shard on disk that cannot be read: the fix is to delete it and fetch it again."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(NanochatError):
     """A shard that could not be downloaded after every retry."""
 
 
@@ -88,7 +92,7 @@ def list_parquet_files(data_dir: str | None = None) -> list[str]:
     # hidden files are skipped in case another writer names its temps that way.
     paths = sorted(os.path.join(data_dir, n) for n in names if n.endswith(".parquet") and not n.startswith("."))
     if not paths:
-        raise FileNotFoundError(f"no parquet shards in {data_dir}: {HOW_TO_GET_DATA}")
+        raise DataNotFoundError(f"no parquet shards in {data_dir}: {HOW_TO_GET_DATA}")
     return paths
 
 
@@ -98,7 +102,7 @@ def split_files(split: str, data_dir: str | None = None) -> list[str]:
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     paths = list_parquet_files(data_dir)
     if len(paths) < 2:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"only 1 shard in {os.path.dirname(paths[0])}, need at least 2 (the last one is the validation split): "
             f"{HOW_TO_GET_DATA}"
         )
@@ -108,7 +112,9 @@ def split_files(split: str, data_dir: str | None = None) -> list[str]:
 def _load_parquet(path: str) -> pq.ParquetFile:
     """Open a parquet file that has a text column; ValueError says what is wrong with it."""
     try:
-        pf = pq.ParquetFile(path)
+        # shards written with page checksums (the synthetic twin's) are verified page by page: a
+        # flipped bit then fails loudly instead of silently changing documents
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as e:
@@ -127,6 +133,16 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise ShardError(f"{path}: {e}; delete it and {HOW_TO_GET_DATA}") from e
 
 
+def read_texts(pf: pq.ParquetFile, path: str, row_group: int) -> list[str]:
+    """One row group's documents; ShardError with the path and the fix when it is damaged."""
+    try:
+        return pf.read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+    except (OSError, pa.ArrowException) as e:  # a damaged page behind an intact footer
+        raise ShardError(
+            f"{path}: row group {row_group} is unreadable ({_one_line(e)}); delete it and {HOW_TO_GET_DATA}"
+        ) from e
+
+
 def parquets_iter_batched(
     split: str, start: int = 0, step: int = 1, data_dir: str | None = None
 ) -> Iterator[list[str]]:
@@ -139,13 +155,7 @@ def parquets_iter_batched(
     for path in split_files(split, data_dir):
         with open_parquet(path) as pf:
             for rg in range(start, pf.num_row_groups, step):
-                try:
-                    texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
-                except (OSError, pa.ArrowException) as e:  # a damaged page behind an intact footer
-                    raise ShardError(
-                        f"{path}: row group {rg} is unreadable ({_one_line(e)}); delete it and {HOW_TO_GET_DATA}"
-                    ) from e
-                yield texts
+                yield read_texts(pf, path, rg)
 
 
 # -----------------------------------------------------------------------------

@@ -60,6 +60,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from nanochat.errors import NanochatError
+
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024  # per stream: a print loop must not fill the parent's memory
 MAX_FILE_BYTES = 64 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the code may write
 MAX_WORKDIR_BYTES = 64 * 1024 * 1024  # size of the tmpfs working directory: all files together
@@ -82,7 +84,7 @@ _SECCOMP_DENIED = {
 }
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(NanochatError):
     """This machine cannot provide the sandbox; the message says what to install or enable."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from nanochat.checkpoint_manager import SOURCES, checkpoint_dir_for, save_checkpoint
+from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, LOGIT_SOFTCAP, ROTARY_BASE, GPTConfig
 from nanochat.tokenizer import SPECIAL_TOKENS, RustBPETokenizer, TokenizerNotFoundError, get_tokenizer_dir
 
@@ -98,7 +99,7 @@ CHAT_TEMPLATE = """\
 """
 
 
-class HFInteropError(ValueError):
+class HFInteropError(NanochatError, ValueError):
     """A folder or repo cannot be converted (wrong architecture, missing files, mismatched sizes)."""
 
 

@@ -38,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from nanochat.common import print0
+from nanochat.common import NanochatError, print0
 from nanochat.gpt import GPTConfig
 
 # (a, v): bytes per token per layer per channel, and per token per vocabulary entry
@@ -47,7 +47,7 @@ COEFFICIENTS = {("eager", torch.float32): (88, 16), ("eager", torch.bfloat16): (
 GIB = 2**30
 
 
-class PreflightError(RuntimeError):
+class PreflightError(NanochatError):
     """The run as configured will not fit the device."""
 
 

@@ -1034,7 +1034,8 @@ def _write_shard(path: str, seed: int, index: int, chars_per_shard: int, docs_pe
         total += len(docs[-1])
     fingerprint = _fingerprint(seed, chars_per_shard, docs_per_row_group)
     table = pa.table({"text": pa.array(docs, type=pa.string())}).replace_schema_metadata({_FINGERPRINT_KEY: fingerprint})
-    atomic_write(path, lambda f: pq.write_table(table, f, row_group_size=docs_per_row_group))
+    atomic_write(path, lambda f: pq.write_table(table, f, row_group_size=docs_per_row_group,
+                                                  write_page_checksum=True))  # readers verify each page's CRC
     return path
 
 

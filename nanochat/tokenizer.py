@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nanochat.common import atomic_write, get_base_dir
+from nanochat.common import NanochatError, atomic_write, get_base_dir
 
 SPECIAL_TOKENS = [
     "<|bos|>",  # starts every document
@@ -42,7 +42,7 @@ TOKENIZER_FILE = "tokenizer.pkl"
 TOKEN_BYTES_FILE = "token_bytes.pt"
 
 
-class TokenizerNotFoundError(FileNotFoundError):
+class TokenizerNotFoundError(NanochatError, FileNotFoundError):
     pass
 
 
@@ -301,7 +301,13 @@ def get_token_bytes(device: str | torch.device = "cpu") -> torch.Tensor:
     path = os.path.join(get_tokenizer_dir(), TOKEN_BYTES_FILE)
     if not os.path.exists(path):
         raise TokenizerNotFoundError(f"no token_bytes at {path}: train a tokenizer with `python -m scripts.tok_train`")
-    return torch.load(path, map_location=device)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, wrong magic: each fails differently
+        raise TokenizerNotFoundError(
+            f"could not read {path} ({type(e).__name__}: {e}); delete the tokenizer folder and re-run "
+            "`python -m scripts.tok_train`"
+        ) from e
 
 
 def text_iterator(batches: Iterator[list[str]], max_chars: int, doc_cap: int) -> Iterator[str]:

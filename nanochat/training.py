@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanochat.common import compute_cleanup, get_dist_info, print0
+from nanochat.common import NanochatError, compute_cleanup, get_dist_info, print0
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NanochatError):
     pass
 
 
@@ -419,6 +419,17 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
     return step, meta, meta["data_states"][rank]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a batch or a depth of 0 fails later, with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The flags every training script takes: logging, device and precision, resume, checkpoint keeping, the plan."""
     p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
@@ -439,7 +450,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
     """The flags mid_train, chat_sft and chat_rl share: the run flags, where to start from, learning rates."""
     add_run_args(p)
-    p.add_argument("--source", default=source, help="the stage to start from: base|mid|sft")
+    p.add_argument("--source", default=source, choices=["base", "mid", "sft", "rl"], help="the stage to start from")
     p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
     p.add_argument("--model_step", type=int, default=None, help="source checkpoint step (default: the last)")
     p.add_argument("--embedding_lr", type=float, default=0.2)

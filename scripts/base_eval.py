@@ -32,6 +32,7 @@ from nanochat.common import (
     compute_init,
     get_base_dir,
     print0,
+    run_main,
 )
 from nanochat.core_eval import (
     EvalBundleError,
@@ -111,4 +112,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

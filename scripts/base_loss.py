@@ -11,19 +11,19 @@ import argparse
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.loss_eval import evaluate_bpb, sample_completions
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import autocast_context, resolve_dtype
+from nanochat.training import autocast_context, positive_int, resolve_dtype
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description="Evaluate a base model's bits per byte on train and val.")
     p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32")
-    p.add_argument("--device_batch_size", type=int, default=32)
+    p.add_argument("--device_batch_size", type=positive_int, default=32)
     p.add_argument("--split_tokens", type=int, default=20 * 524288, help="tokens evaluated per split")
     p.add_argument("--model_tag", default=None)
     p.add_argument("--model_step", type=int, default=None)
@@ -57,4 +57,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

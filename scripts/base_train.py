@@ -17,7 +17,7 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, run_main
 from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
@@ -38,6 +38,7 @@ from nanochat.training import (
     muon_momentum,
     peak_flops,
     plan_or_exit,
+    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Pretrain the base model.")
     add_run_args(p)
     # model
-    p.add_argument("--depth", type=int, default=20, help="layers; width is 64·depth")
+    p.add_argument("--depth", type=positive_int, default=20, help="layers; width is 64·depth")
     p.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (0: as many as query heads)")
     p.add_argument("--max_seq_len", type=int, default=2048)
     # how long to train: the first of these that is set wins
@@ -59,8 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target_flops", type=float, default=-1.0)
     p.add_argument("--target_param_data_ratio", type=float, default=20.0, help="tokens per parameter (Chinchilla: 20)")
     # optimization
-    p.add_argument("--device_batch_size", type=int, default=32)
-    p.add_argument("--total_batch_size", type=int, default=524288, help="tokens per optimizer step, all ranks")
+    p.add_argument("--device_batch_size", type=positive_int, default=32)
+    p.add_argument("--total_batch_size", type=positive_int, default=524288, help="tokens per optimizer step, all ranks")
     p.add_argument("--embedding_lr", type=float, default=0.2)
     p.add_argument("--unembedding_lr", type=float, default=0.004)
     p.add_argument("--matrix_lr", type=float, default=0.02)
@@ -202,4 +203,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from nanochat.common import run_main
+
 
 def load_documents(text: str, num_chars: int) -> list[str]:
     """'synthetic' draws documents from the offline twin; anything else is a text file split on blank lines."""
@@ -236,4 +238,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

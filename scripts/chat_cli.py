@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from nanochat.checkpoint_manager import SOURCES, CheckpointError, find_largest_model, load_model
-from nanochat.common import autodetect_device_type, compute_init, get_base_dir, setup_default_logging
+from nanochat.common import autodetect_device_type, compute_init, get_base_dir, run_main, setup_default_logging
 from nanochat.engine import Engine
 from nanochat.gpt import GPT
 from nanochat.tokenizer import RustBPETokenizer, TokenizerNotFoundError
@@ -323,4 +323,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

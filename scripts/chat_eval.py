@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
 from nanochat.report import get_report
 from nanochat.task_eval import centered_accuracy, evaluate_task
 from nanochat.training import autocast_context, resolve_dtype
@@ -73,4 +73,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

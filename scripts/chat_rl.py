@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, print0
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, print0, run_main
 from nanochat.engine import Engine
 from nanochat.report import get_report
 from nanochat.training import (
@@ -31,6 +31,7 @@ from nanochat.training import (
     compile_model,
     finish_line,
     plan_or_exit,
+    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -45,12 +46,12 @@ from tasks.gsm8k import GSM8K
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Policy-gradient RL on GSM8K.")
     add_stage_args(p, source="sft", init_lr_frac=0.05)
-    p.add_argument("--num_samples", type=int, default=16, help="answers sampled per problem (the group)")
+    p.add_argument("--num_samples", type=positive_int, default=16, help="answers sampled per problem (the group)")
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=50)
-    p.add_argument("--device_batch_size", type=int, default=8, help="most rows in any forward pass")
-    p.add_argument("--examples_per_step", type=int, default=16, help="problems per step, all ranks")
+    p.add_argument("--device_batch_size", type=positive_int, default=8, help="most rows in any forward pass")
+    p.add_argument("--examples_per_step", type=positive_int, default=16, help="problems per step, all ranks")
     p.add_argument("--num_epochs", type=int, default=1)
     p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
     p.add_argument("--eval_every", type=int, default=60)
@@ -214,4 +215,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

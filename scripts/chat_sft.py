@@ -15,7 +15,7 @@ import sys
 import time
 
 from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, run_main
 from nanochat.dataloader import sft_loader
 from nanochat.loss_eval import evaluate_loss
 from nanochat.report import get_report
@@ -29,6 +29,7 @@ from nanochat.training import (
     compile_model,
     finish_line,
     plan_or_exit,
+    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -49,8 +50,8 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Supervised fine-tuning on conversations.")
     add_stage_args(p, source="mid", init_lr_frac=0.02)
-    p.add_argument("--device_batch_size", type=int, default=4, help="conversations per forward pass")
-    p.add_argument("--target_examples_per_step", type=int, default=32, help="conversations per step, all ranks")
+    p.add_argument("--device_batch_size", type=positive_int, default=4, help="conversations per forward pass")
+    p.add_argument("--target_examples_per_step", type=positive_int, default=32, help="conversations per step, all ranks")
     p.add_argument("--num_epochs", type=int, default=1)
     p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
     p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
@@ -172,4 +173,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

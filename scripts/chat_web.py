@@ -53,7 +53,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nanochat.common import autodetect_device_type, compute_init, logger
+from nanochat.common import autodetect_device_type, compute_init, logger, run_main
 from nanochat.engine import Engine
 from scripts.chat_cli import LoadedModel, Reply, add_model_args, check_sampling_args, load_or_exit, prompt_for, stream_reply
 
@@ -721,4 +721,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

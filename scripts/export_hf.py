@@ -16,7 +16,7 @@ import os
 import sys
 
 from nanochat.checkpoint_manager import SOURCES, CheckpointError, load_model
-from nanochat.common import get_base_dir
+from nanochat.common import get_base_dir, run_main
 from nanochat.hf import HFInteropError, export_folder, model_card, push_folder, report_summary
 from nanochat.tokenizer import TokenizerNotFoundError
 
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

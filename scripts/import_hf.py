@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError
+from nanochat.common import run_main
 from nanochat.hf import HFInteropError, import_folder, resolve_model_dir
 
 
@@ -35,4 +36,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

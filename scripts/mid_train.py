@@ -17,7 +17,7 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, run_main
 from nanochat.dataloader import packed_conversation_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import get_report
@@ -36,6 +36,7 @@ from nanochat.training import (
     muon_momentum,
     peak_flops,
     plan_or_exit,
+    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -56,8 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Mid-train a base model on conversations.")
     add_stage_args(p, source="base", init_lr_frac=1.0)
     p.add_argument("--max_seq_len", type=int, default=0, help="row length (0: the model's sequence length)")
-    p.add_argument("--device_batch_size", type=int, default=32)
-    p.add_argument("--total_batch_size", type=int, default=524288)
+    p.add_argument("--device_batch_size", type=positive_int, default=32)
+    p.add_argument("--total_batch_size", type=positive_int, default=524288)
     p.add_argument("--num_iterations", type=int, default=-1, help="-1: one pass over the mixture")
     p.add_argument("--spelling_size", type=int, default=200_000, help="SimpleSpelling examples (SpellingBee gets 40%%)")
     p.add_argument("--max_conversations", type=int, default=0,
@@ -175,4 +176,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

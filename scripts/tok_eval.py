@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nanochat.common import run_main
 from nanochat.dataset import parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import RustBPETokenizer, TokenizerNotFoundError, get_tokenizer
@@ -120,4 +121,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

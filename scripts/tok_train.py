@@ -11,7 +11,7 @@ import sys
 
 from tqdm import tqdm
 
-from nanochat.common import get_base_dir
+from nanochat.common import get_base_dir, run_main
 from nanochat.dataset import get_data_dir, list_parquet_files, parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import get_tokenizer_dir, text_iterator, train_tokenizer
@@ -77,4 +77,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,6 +15,7 @@ import os
 import random
 
 from nanochat.common import atomic_write, get_base_dir
+from nanochat.errors import NanochatError
 from tasks.common import Task, download_small_file, is_offline, validate_messages
 
 IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
@@ -22,12 +23,20 @@ IDENTITY_FILE = "identity_conversations.jsonl"
 IDENTITY_TWIN_FILE = "identity_conversations_synthetic.jsonl"
 
 
+class ConversationFileError(NanochatError, ValueError):
+    """A conversations file that is empty or has a malformed line (named, with its number)."""
+
+
+class ConversationFileNotFoundError(NanochatError, FileNotFoundError):
+    """No conversations file at the path given."""
+
+
 class CustomJSON(Task):
     def __init__(self, filepath: str | os.PathLike, **kwargs) -> None:
         super().__init__(**kwargs)
         self.filepath = os.fspath(filepath)
         if not os.path.exists(self.filepath):
-            raise FileNotFoundError(f"no conversations file at {self.filepath}")
+            raise ConversationFileNotFoundError(f"no conversations file at {self.filepath}")
         self.conversations: list[list[dict]] = []
         with open(self.filepath, encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
@@ -35,22 +44,22 @@ class CustomJSON(Task):
                     continue  # blank lines (a trailing newline) are not conversations
                 self.conversations.append(self._parse(line, lineno))
         if not self.conversations:
-            raise ValueError(f"{self.filepath}: no conversations in the file")
+            raise ConversationFileError(f"{self.filepath}: no conversations in the file")
 
     def _parse(self, line: str, lineno: int) -> list[dict]:
         where = f"{self.filepath}, line {lineno}"
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            raise ConversationFileError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
         if isinstance(data, dict):
             if "messages" not in data:
-                raise ValueError(f"{where}: an object line needs a 'messages' key, has {sorted(data)}")
+                raise ConversationFileError(f"{where}: an object line needs a 'messages' key, has {sorted(data)}")
             data = data["messages"]
         try:
             validate_messages(data)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise ConversationFileError(f"{where}: {e}") from None
         return [{"role": m["role"], "content": m["content"]} for m in data]
 
     def num_examples(self) -> int:
