@@ -54,9 +54,11 @@ stage() {
         echo "== $name: done in an earlier run, skipped"
         return
     fi
-    echo "== $name"
+    local t0=$SECONDS
+    echo "== $name ($(date '+%H:%M:%S'))"
     "$@"
     touch "$MARKERS/$name.done"
+    echo "== $name done in $(( (SECONDS - t0) / 60 ))m $(( (SECONDS - t0) % 60 ))s"
 }
 
 # resume_flag DIR: when DIR (a stage's checkpoint folder) already holds a checkpoint, --resume it,

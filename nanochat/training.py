@@ -200,7 +200,8 @@ def train_step_token_normalized(
 class StepLog:
     """
     The loop state a resumed run must continue (smoothed loss, training time, eval history)
-    and the one log line per step: loss, LR multiplier, step time, tok/s, MFU, total time.
+    and the one log line per step: loss, LR multiplier, step time, tok/s, MFU, total time, and
+    the time left (from the mean step time after this process's first 10, which compile and warm up).
     """
 
     def __init__(self, tokens_per_step: int, flops_per_token: float = 0.0, peak: float | None = None,
@@ -209,6 +210,7 @@ class StepLog:
         self.state = state or {"ema": 0.0, "count": 0, "total_time": 0.0, "evals": {}}
         self.beta = beta
         self.steps_this_process = 0
+        self.steady_time, self.steady_steps = 0.0, 0
         self.mfu: float | None = None
 
     @property
@@ -223,19 +225,27 @@ class StepLog:
         self.state["count"] += 1
         self.track(step, "train_loss", self.smooth_loss)  # the report's loss curve
         self.steps_this_process += 1
-        if self.steps_this_process > 10:  # the first steps include compilation and warm-up
-            self.state["total_time"] += dt
+        self.state["total_time"] += dt
+        if self.steps_this_process > 10:  # the first steps include compilation and warm-up: not typical of the rest
+            self.steady_time, self.steady_steps = self.steady_time + dt, self.steady_steps + 1
         tok_per_s = (self.tokens_per_step if tokens is None else tokens) / dt
         self.mfu = 100 * self.flops_per_token * tok_per_s / (self.peak * self.world_size) if self.peak else None
         where = f"{step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%)" if num_iterations else f"{step:05d}"
         extras = "".join(f" | {k}: {v:.4g}" for k, v in extra.items())
         print0(f"step {where} | loss: {self.smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt * 1000:.2f}ms | "
                f"tok/s: {tok_per_s:,.0f} | mfu: {f'{self.mfu:.2f}%' if self.mfu is not None else 'n/a'}"
-               f"{extras} | total time: {self.state['total_time'] / 60:.2f}m")
+               f"{extras} | total time: {self.state['total_time'] / 60:.2f}m{self._eta(step, num_iterations, dt)}")
         metrics = {"step": step, "train/loss": self.smooth_loss, "train/lrm": lrm, "train/dt": dt, "train/tok_per_s": tok_per_s}
         if self.mfu is not None:
             metrics["train/mfu"] = self.mfu
         return {**metrics, **{f"train/{k}": v for k, v in extra.items()}}
+
+    def _eta(self, step: int, num_iterations: int | None, dt: float) -> str:
+        """' | eta: 12.3m' when the run's length is known (evaluations and saves not included)."""
+        if not num_iterations:
+            return ""
+        per_step = self.steady_time / self.steady_steps if self.steady_steps else dt
+        return f" | eta: {max(num_iterations - step - 1, 0) * per_step / 60:.1f}m"
 
     def track(self, step: int, name: str, value: float) -> None:
         """Keep a metric's history (for the report's curves) without printing it."""
