@@ -60,7 +60,10 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from nanochat.errors import NanochatError
+if __name__ == "__main__":  # the sandboxed runner runs this file's source as a script: no nanochat package there
+    NanochatError = RuntimeError
+else:
+    from nanochat.errors import NanochatError
 
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024  # per stream: a print loop must not fill the parent's memory
 MAX_FILE_BYTES = 64 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the code may write
