@@ -46,6 +46,20 @@ if [ "${NANOCHAT_FRESH:-0}" = "1" ]; then rm -rf "$MARKERS"; fi
 mkdir -p "$MARKERS"
 echo "speedrun profile: $NANOCHAT_PROFILE, base dir $NANOCHAT_BASE_DIR"
 
+# chat_eval's HumanEval runs model-written code inside bubblewrap: install it (as root, with apt)
+# and check the sandbox works now, rather than fail after the training stages
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } || true
+fi
+python -c "
+import sys
+from nanochat.execution import SandboxUnavailable, check_sandbox
+try:
+    check_sandbox()
+except SandboxUnavailable as e:
+    sys.exit(f'error: {e}')
+"
+
 # stage NAME COMMAND...: run COMMAND unless NAME finished before; mark it finished when it succeeds
 stage() {
     local name=$1
