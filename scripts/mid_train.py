@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     step, val_bpb = start_step, None
     progress = 0.0 if data_state is None else data_state["progress"]
+    # as after every step: the mean over ranks, so a resumed run sets the rate the uninterrupted one did
+    progress = all_reduce_mean(torch.tensor(progress, dtype=torch.float64, device=device)).item()
     while True:
         # each rank packs its own conversations, so ranks run dry at different steps: the run ends
         # when any rank cannot fill another step, decided together so no rank is left in a collective
