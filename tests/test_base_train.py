@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from scripts import base_loss, base_train
+from tiny import assert_bitwise_equal
 
 TINY = ["--depth=1", "--max_seq_len=32", "--device_batch_size=4", "--total_batch_size=256", "--eval_tokens=512",
         "--sample_every=-1", "--core_metric_every=-1", "--device_type=cpu"]
@@ -19,21 +20,6 @@ TINY = ["--depth=1", "--max_seq_len=32", "--device_batch_size=4", "--total_batch
 def _files(checkpoint_dir, step):
     return {name: torch.load(os.path.join(checkpoint_dir, name)) for name in
             (f"model_{step:06d}.pt", f"optim_{step:06d}_rank0.pt")}
-
-
-def _assert_bitwise_equal(a, b, path="") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_bitwise_equal(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_bitwise_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a} != {b}"
 
 
 def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup):
@@ -46,7 +32,7 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup):
     for name in ("model_000008.pt", "optim_000008_rank0.pt", "meta_000008.json"):
         os.remove(ckpt / name)
     base_train.main(args + ["--resume"])
-    _assert_bitwise_equal(_files(ckpt, 8), uninterrupted)
+    assert_bitwise_equal(_files(ckpt, 8), uninterrupted)
     resumed_meta = json.loads((ckpt / "meta_000008.json").read_text())
     for key in ("loop_state", "data_states", "rng_states", "val_bpb"):
         if key == "loop_state":  # wall time differs; everything else must not
@@ -129,4 +115,4 @@ def test_two_rank_torchrun_training_resumes_bitwise(synthetic_setup):
         os.remove(ckpt / name)
     torchrun(["--resume"])
     for name, value in saved.items():
-        _assert_bitwise_equal(torch.load(ckpt / name), value, name)
+        assert_bitwise_equal(torch.load(ckpt / name), value, name)

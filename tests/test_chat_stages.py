@@ -13,8 +13,7 @@ from scripts import chat_rl, chat_sft, mid_train
 from tasks.common import TaskMixture
 from tasks.gsm8k import GSM8K
 from tasks.smoltalk import SmolTalk
-from test_base_train import _assert_bitwise_equal
-from tiny import make_batches, make_tiny_model
+from tiny import assert_bitwise_equal, make_batches, make_tiny_model
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
 
@@ -136,7 +135,7 @@ def _resume_matches(run, args, stage_dir, final_step, half_step):
     assert (stage_dir / f"model_{half_step:06d}.pt").exists()
     run(args + ["--resume"])
     for f in files:
-        _assert_bitwise_equal(torch.load(stage_dir / f), uninterrupted[f], f)
+        assert_bitwise_equal(torch.load(stage_dir / f), uninterrupted[f], f)
     resumed = json.loads((stage_dir / f"meta_{final_step:06d}.json").read_text())
     assert resumed["data_states"] == meta["data_states"]
 

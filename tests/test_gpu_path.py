@@ -19,7 +19,7 @@ from nanochat.checkpoint_manager import CheckpointError, find_last_step, prune_c
 from nanochat.common import configure_cuda
 from nanochat.gpt import GPTConfig
 from nanochat.training import StepBatches, train_step
-from tiny import make_batches, make_tiny_model
+from tiny import assert_bitwise_equal, make_batches, make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,26 @@ def test_mid_train_two_ranks_run_to_the_end_of_uneven_data_with_bf16_and_compile
     assert f"saved checkpoint at step {step}" in out and step > 10
     assert meta["optim_ranks"] == 2 and [s["rank"] for s in meta["data_states"]] == [0, 1]
     assert "bfloat16, compile on" in out
+
+
+@pytest.mark.slow
+def test_mid_train_two_ranks_resume_bitwise_through_the_warmdown_by_progress(base_checkpoint):
+    # one pass over the data: the learning rate follows the ranks' mean progress, so a resumed run
+    # must restore it exactly, and must again end on the step the uninterrupted run ended on
+    args = ["-m", "scripts.mid_train", "--", "--device_type=cpu", "--device_batch_size=4", "--max_seq_len=64",
+            "--total_batch_size=512", "--eval_every=-1", "--eval_tokens=512", "--spelling_size=50",
+            "--max_conversations=60", "--save_every=4", "--keep_last=-1"]
+    _ok(torchrun(args))
+    ckpt = base_checkpoint / "mid_checkpoints" / "d1"
+    final, _ = _final_step(ckpt)
+    files = [f"model_{final:06d}.pt", f"optim_{final:06d}_rank0.pt", f"optim_{final:06d}_rank1.pt"]
+    uninterrupted = {f: torch.load(ckpt / f) for f in files}
+    for f in files + [f"meta_{final:06d}.json"]:
+        os.remove(ckpt / f)
+    _ok(torchrun(args + ["--resume"]))
+    assert _final_step(ckpt)[0] == final
+    for f in files:
+        assert_bitwise_equal(torch.load(ckpt / f), uninterrupted[f], f)
 
 
 @pytest.mark.slow

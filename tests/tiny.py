@@ -1,4 +1,4 @@
-"""A tiny GPT and a fixed stream of batches, shared by tests and the torchrun workers they launch."""
+"""A tiny GPT, a fixed stream of batches and a bitwise comparison, shared by tests and the torchrun workers they launch."""
 
 from __future__ import annotations
 
@@ -27,3 +27,19 @@ def make_batches(seed: int = 1, steps: int = STEPS, rows: int = GLOBAL_BATCH):
     for _ in range(steps):
         seq = torch.randint(0, VOCAB, (rows, SEQ_LEN + 1), generator=g)
         yield seq[:, :-1], seq[:, 1:]
+
+
+def assert_bitwise_equal(a, b, path: str = "") -> None:
+    """Tensors equal bit for bit, recursively through dicts and lists (optimizer and model state)."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_bitwise_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a} != {b}"
