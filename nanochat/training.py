@@ -373,8 +373,10 @@ BOOKKEEPING_FLAGS = frozenset({
     "run", "device_type", "compile", "resume", "resume_from_step", "keep_last", "dry_run", "skip_preflight",
     "overwrite", "model_tag", "eval_every", "eval_tokens", "eval_steps", "eval_metrics_every",
     "eval_metrics_max_problems", "eval_examples", "core_metric_every", "core_metric_max_per_task", "sample_every",
-    "save_every", "peak_flops",
+    "save_every", "peak_flops", "extend",
 })
+# the flags that set how long a run trains: with --extend a resumed run may lengthen it
+LENGTH_FLAGS = frozenset({"num_iterations", "target_flops", "target_param_data_ratio", "num_epochs"})
 RESUME_KEYS = ("data_states", "rng_states", "loop_state")
 
 
@@ -394,14 +396,27 @@ def changed_flags(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple
     return {k: (saved.get(k), now.get(k)) for k in sorted(names) if saved.get(k) != now.get(k)}
 
 
+def extension_check(saved_iterations: Any, new_iterations: Any) -> None:
+    """--extend lengthens a run that had a fixed length; it never shortens one or guesses one."""
+    if not isinstance(saved_iterations, int) or saved_iterations <= 0:
+        raise ValueError("--extend needs a run of a fixed length (its meta records no positive num_iterations; "
+                         "a one-pass mid-training run ends with its data); start a new run instead")
+    if not isinstance(new_iterations, int) or new_iterations < saved_iterations:
+        raise ValueError(f"--extend only lengthens a run: it was planned for {saved_iterations} steps, now "
+                         f"{new_iterations}; pass a larger --num_iterations")
+
+
 def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Module,
                     optimizers: list[torch.optim.Optimizer], device: torch.device,
-                    expect: dict[str, Any], flags: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], Any]:
+                    expect: dict[str, Any], flags: dict[str, Any] | None = None,
+                    extend: bool = False) -> tuple[int, dict[str, Any], Any]:
     """
     Load what save_training_checkpoint wrote (the latest step when step is None) into model and
     optimizers; `expect` lists meta values this run must share with the saved one (model
     config, schedule length...) and `flags` this run's command-line flags, compared with the
-    saved run's on every flag that changes the math. Returns (step, meta, this rank's data state).
+    saved run's on every flag that changes the math. With `extend` the run's length
+    (expect["num_iterations"] and the flags that set it) may grow. Returns (step, meta, this
+    rank's data state).
     """
     from nanochat.checkpoint_manager import CheckpointError, find_last_step, load_checkpoint
 
@@ -416,10 +431,15 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
     differ = {k: (meta.get(k), v) for k, v in expect.items() if meta.get(k) != v}
     if flags is not None and "user_config" in meta:
         differ.update(changed_flags(meta["user_config"], flags))
+    if extend:
+        extension_check(meta.get("num_iterations"), expect.get("num_iterations"))
+        differ = {k: v for k, v in differ.items() if k not in LENGTH_FLAGS}
     if differ:
         details = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in differ.items())
+        hint = (" (or, to train a finished run longer on purpose, add --extend)"
+                if differ.keys() <= LENGTH_FLAGS and not extend else "")
         raise ValueError(f"the checkpoint in {checkpoint_dir} was trained with other settings ({details}); "
-                         "resume with the same flags")
+                         f"resume with the same flags{hint}")
     if len(meta["data_states"]) != get_dist_info()[3]:
         raise ValueError(f"the checkpoint was written by {len(meta['data_states'])} ranks; resume with as many")
     model.load_state_dict(model_data)
@@ -427,47 +447,6 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
         opt.load_state_dict(state)
     set_rng_state(meta["rng_states"][rank])
     return step, meta, meta["data_states"][rank]
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (a batch or a depth of 0 fails later, with a traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """The flags every training script takes: logging, device and precision, resume, checkpoint keeping, the plan."""
-    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
-    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                   help="torch.compile the model (auto: on for CUDA where the batch shapes are fixed)")
-    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
-    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start fresh in a model tag that already holds checkpoints, deleting them")
-    p.add_argument("--keep_last", type=int, default=2,
-                   help="keep only the newest N checkpoints of this run, the final one included (-1: keep all)")
-    p.add_argument("--dry_run", action="store_true", help="print the plan (sizes, steps, memory estimate) and exit")
-    p.add_argument("--skip_preflight", action="store_true", help="start even when the memory estimate exceeds the device")
-
-
-def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
-    """The flags mid_train, chat_sft and chat_rl share: the run flags, where to start from, learning rates."""
-    add_run_args(p)
-    p.add_argument("--source", default=source, choices=["base", "mid", "sft", "rl"], help="the stage to start from")
-    p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
-    p.add_argument("--model_step", type=int, default=None, help="source checkpoint step (default: the last)")
-    p.add_argument("--embedding_lr", type=float, default=0.2)
-    p.add_argument("--unembedding_lr", type=float, default=0.004)
-    p.add_argument("--matrix_lr", type=float, default=0.02)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--init_lr_frac", type=float, default=init_lr_frac, help="fraction of the pretraining learning rates")
 
 
 def wants_compile(flag: str, device_type: str, fixed_shapes: bool) -> bool:
@@ -509,6 +488,9 @@ def resume_if_asked(args: Any, checkpoint_dir: str, model: torch.nn.Module, opti
     """
     from nanochat.checkpoint_manager import CheckpointError, clear_checkpoints, find_last_step
 
+    if args.extend and not args.resume and args.resume_from_step < 0:
+        compute_cleanup()
+        sys.exit("error: --extend continues a saved run: add --resume (or --resume_from_step=N)")
     if not args.resume and args.resume_from_step < 0:
         try:
             existing = find_last_step(checkpoint_dir)
@@ -526,7 +508,8 @@ def resume_if_asked(args: Any, checkpoint_dir: str, model: torch.nn.Module, opti
         return ResumeState()
     try:
         step, meta, data_state = resume_training(checkpoint_dir, args.resume_from_step if args.resume_from_step >= 0 else None,
-                                                 model, optimizers, device, expect, vars(args))
+                                                 model, optimizers, device, expect, vars(args),
+                                                 extend=getattr(args, "extend", False))
     except (CheckpointError, ValueError) as e:
         compute_cleanup()
         sys.exit(f"error: cannot resume: {e}")

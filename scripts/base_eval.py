@@ -43,15 +43,16 @@ from nanochat.core_eval import (
 from nanochat.report import get_report
 from nanochat.tokenizer import TokenizerNotFoundError
 from nanochat.training import autocast_context, resolve_dtype
+from scripts.flags import ArgumentParser, add_device_args
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate a base model on the CORE metric.")
+    p = ArgumentParser(description="Evaluate a base model on the CORE metric.")
     p.add_argument("--model_tag", default=None, help="checkpoint folder (default: the deepest d<N>)")
-    p.add_argument("--step", "--model_step", dest="model_step", type=int, default=None, help="default: the last step")
+    p.add_argument("--step", "--model_step", dest="model_step", type=int, default=None,
+                   help="checkpoint step (default: the last)")
     p.add_argument("--max_per_task", type=int, default=-1, help="examples per task (-1: all)")
-    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
-    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32")
+    add_device_args(p)
     p.add_argument("--offline", action="store_true", help="the synthetic twin bundle even if NANOCHAT_DATASET is fineweb")
     return p.parse_args(argv)
 

@@ -7,7 +7,6 @@ Bits per byte of a base model on the train and val splits, plus a few greedy sam
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
@@ -16,17 +15,18 @@ from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.loss_eval import evaluate_bpb, sample_completions
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import autocast_context, positive_int, resolve_dtype
+from nanochat.training import autocast_context, resolve_dtype
+from scripts.flags import ArgumentParser, add_device_args, positive_int
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    p = argparse.ArgumentParser(description="Evaluate a base model's bits per byte on train and val.")
-    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
-    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32")
-    p.add_argument("--device_batch_size", type=positive_int, default=32)
-    p.add_argument("--split_tokens", type=int, default=20 * 524288, help="tokens evaluated per split")
-    p.add_argument("--model_tag", default=None)
-    p.add_argument("--model_step", type=int, default=None)
+    p = ArgumentParser(description="Evaluate a base model's bits per byte on train and val.")
+    add_device_args(p)
+    p.add_argument("--device_batch_size", type=positive_int, default=32, help="rows per forward pass")
+    p.add_argument("--split_tokens", type=positive_int, default=20 * 524288, help="tokens evaluated per split")
+    p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")
+    p.add_argument("--model_step", "--step", dest="model_step", type=int, default=None,
+                   help="checkpoint step (default: the last)")
     args = p.parse_args(argv)
 
     device_type = args.device_type or autodetect_device_type()

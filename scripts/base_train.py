@@ -27,7 +27,6 @@ from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_toke
 from nanochat.training import (
     StepBatches,
     StepLog,
-    add_run_args,
     all_reduce_mean,
     apply_schedule,
     autocast_context,
@@ -38,7 +37,6 @@ from nanochat.training import (
     muon_momentum,
     peak_flops,
     plan_or_exit,
-    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -46,38 +44,40 @@ from nanochat.training import (
     train_step,
     wants_compile,
 )
+from scripts.flags import ArgumentParser, add_run_args, positive_int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Pretrain the base model.")
+    p = ArgumentParser(description="Pretrain the base model.")
     add_run_args(p)
     # model
     p.add_argument("--depth", type=positive_int, default=20, help="layers; width is 64·depth")
     p.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (0: as many as query heads)")
-    p.add_argument("--max_seq_len", type=int, default=2048)
+    p.add_argument("--max_seq_len", type=positive_int, default=2048, help="tokens per training row (the context length)")
     # how long to train: the first of these that is set wins
-    p.add_argument("--num_iterations", type=int, default=-1)
-    p.add_argument("--target_flops", type=float, default=-1.0)
+    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from the next two flags)")
+    p.add_argument("--target_flops", type=float, default=-1.0, help="train for this many FLOPs (-1: not used)")
     p.add_argument("--target_param_data_ratio", type=float, default=20.0, help="tokens per parameter (Chinchilla: 20)")
     # optimization
-    p.add_argument("--device_batch_size", type=positive_int, default=32)
+    p.add_argument("--device_batch_size", type=positive_int, default=32, help="rows per forward pass on each device")
     p.add_argument("--total_batch_size", type=positive_int, default=524288, help="tokens per optimizer step, all ranks")
-    p.add_argument("--embedding_lr", type=float, default=0.2)
-    p.add_argument("--unembedding_lr", type=float, default=0.004)
-    p.add_argument("--matrix_lr", type=float, default=0.02)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--warmup_ratio", type=float, default=0.0)
-    p.add_argument("--warmdown_ratio", type=float, default=0.2)
-    p.add_argument("--final_lr_frac", type=float, default=0.0)
+    p.add_argument("--embedding_lr", type=float, default=0.2, help="AdamW learning rate of the token embedding")
+    p.add_argument("--unembedding_lr", type=float, default=0.004, help="AdamW learning rate of the output head")
+    p.add_argument("--matrix_lr", type=float, default=0.02, help="Muon learning rate of the blocks' matrices")
+    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--warmup_ratio", type=float, default=0.0, help="fraction of the steps spent warming the LR up")
+    p.add_argument("--warmdown_ratio", type=float, default=0.2, help="fraction of the steps at the end spent decaying the LR")
+    p.add_argument("--final_lr_frac", type=float, default=0.0, help="the LR at the last step, as a fraction of the peak")
     # evaluation, sampling, saving
     p.add_argument("--eval_every", type=int, default=250, help="val bpb every N steps (-1: only at the end)")
-    p.add_argument("--eval_tokens", type=int, default=20 * 524288)
+    p.add_argument("--eval_tokens", type=int, default=20 * 524288, help="validation tokens per evaluation")
     p.add_argument("--core_metric_every", type=int, default=2000, help="CORE every N steps and at the end (-1: never)")
     p.add_argument("--core_metric_max_per_task", type=int, default=500, help="examples per CORE task")
     p.add_argument("--sample_every", type=int, default=2000, help="samples every N steps (-1: only at the end)")
     p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
-    p.add_argument("--model_tag", default="", help="checkpoint folder name (default d<depth>)")
-    p.add_argument("--peak_flops", type=float, default=0.0, help="the device's peak FLOP/s for MFU (default: GPU table)")
+    p.add_argument("--model_tag", default="", help="checkpoint folder name (default: d<depth>)")
+    p.add_argument("--peak_flops", type=float, default=0.0,
+                   help="the device's peak FLOP/s for MFU (default: 0, the GPU table)")
     return p.parse_args(argv)
 
 

@@ -21,6 +21,7 @@ import time
 import torch
 
 from nanochat.common import run_main
+from scripts.flags import ArgumentParser, positive_int
 
 
 def load_documents(text: str, num_chars: int) -> list[str]:
@@ -200,30 +201,30 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Benchmarks with JSON output.")
+    parser = ArgumentParser(description="Benchmarks with JSON output.")
     sub = parser.add_subparsers(dest="benchmark", required=True)
     tok = sub.add_parser("tokenizer", help="BPE training speed, encode throughput, bytes per token")
     tok.add_argument("--text", default="synthetic", help="'synthetic' or a path to a text file")
     tok.add_argument("--chars", type=int, default=20_000_000, help="characters of text to use")
-    tok.add_argument("--vocab_size", type=int, default=65536)
+    tok.add_argument("--vocab_size", type=int, default=65536, help="vocabulary to train")
     tok.add_argument("--threads", type=int, default=0, help="threads for batch encoding (0: all cores)")
     train = sub.add_parser("train", help="training tok/s and MFU of one model size, per dtype")
-    train.add_argument("--depth", type=int, default=4)
-    train.add_argument("--vocab_size", type=int, default=8192)
-    train.add_argument("--seq_len", type=int, default=512)
-    train.add_argument("--batch", type=int, default=8)
-    train.add_argument("--steps", type=int, default=10)
-    train.add_argument("--warmup", type=int, default=3)
+    train.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
+    train.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    train.add_argument("--seq_len", type=positive_int, default=512, help="tokens per row")
+    train.add_argument("--batch", type=positive_int, default=8, help="rows per step")
+    train.add_argument("--steps", type=positive_int, default=10, help="timed steps")
+    train.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     train.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16 (first is the baseline)")
-    train.add_argument("--device_type", default="")
-    train.add_argument("--compile", action="store_true")
+    train.add_argument("--device_type", default="", help="device (empty: autodetect)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model")
     decode = sub.add_parser("decode", help="generation tok/s: the KV-cache Engine against naive recompute")
-    decode.add_argument("--depth", type=int, default=4)
-    decode.add_argument("--vocab_size", type=int, default=8192)
-    decode.add_argument("--prompt_len", type=int, default=32)
-    decode.add_argument("--new_tokens", type=int, default=128)
-    decode.add_argument("--batches", default="1,8")
-    decode.add_argument("--device_type", default="")
+    decode.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
+    decode.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    decode.add_argument("--prompt_len", type=positive_int, default=32, help="prompt tokens")
+    decode.add_argument("--new_tokens", type=positive_int, default=128, help="tokens generated per row")
+    decode.add_argument("--batches", default="1,8", help="comma-separated batch sizes to time")
+    decode.add_argument("--device_type", default="", help="device (empty: autodetect)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
 

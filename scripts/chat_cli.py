@@ -33,6 +33,7 @@ from nanochat.engine import Engine
 from nanochat.gpt import GPT
 from nanochat.tokenizer import RustBPETokenizer, TokenizerNotFoundError
 from nanochat.training import autocast_context, resolve_dtype
+from scripts.flags import ArgumentParser
 
 # Special tokens that end a reply besides the engine's own stops (<|assistant_end|>, <|bos|>):
 # a model that starts writing the user's turn has finished its own.
@@ -48,7 +49,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="which stage's model to chat with (base only for debugging: it was never taught to chat)")
     p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")
     p.add_argument("--step", "--model_step", dest="step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("--device_type", default="", choices=["", "cuda", "cpu", "mps"], help="empty: autodetect")
+    p.add_argument("--device_type", default="", choices=["", "cuda", "cpu", "mps"], help="device (empty: autodetect)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 on CUDA, float32 elsewhere. bfloat16 on CPU converts the weights "
                         "(decoding is memory-bound, so this is ~1.3x faster)")
@@ -293,7 +294,7 @@ def interactive(loaded: LoadedModel, engine: Engine, args: argparse.Namespace) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Chat with a nanochat model in the terminal.")
+    p = ArgumentParser(description="Chat with a nanochat model in the terminal.")
     add_model_args(p)
     p.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: a fresh one per reply)")

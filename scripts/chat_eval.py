@@ -11,7 +11,6 @@ four-way multiple choice, 0 for generative tasks): 0 is chance, 1 is perfect.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
@@ -19,23 +18,26 @@ from nanochat.common import autodetect_device_type, compute_cleanup, compute_ini
 from nanochat.report import get_report
 from nanochat.task_eval import centered_accuracy, evaluate_task
 from nanochat.training import autocast_context, resolve_dtype
+from scripts.flags import ArgumentParser, add_device_args, positive_int
 from tasks import EVAL_TASK_NAMES, build_eval_task
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description="Evaluate a chat model on held-out tasks (ChatCORE).")
-    p.add_argument("-i", "--source", required=True, choices=["base", "mid", "sft", "rl"])
-    p.add_argument("-a", "--task_name", default="|".join(EVAL_TASK_NAMES), help="task names joined by '|'")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--top_k", type=int, default=50)
-    p.add_argument("--batch_size", type=int, default=8, help="examples per forward pass for categorical tasks")
-    p.add_argument("--max_problems", type=int, default=None, help="evaluate at most this many examples per task")
-    p.add_argument("--model_tag", default=None)
-    p.add_argument("--step", type=int, default=None)
-    p.add_argument("--device_type", default="", help="cuda|cpu|mps (empty: autodetect)")
-    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32")
+    p = ArgumentParser(description="Evaluate a chat model on held-out tasks (ChatCORE).")
+    p.add_argument("-i", "--source", required=True, choices=["base", "mid", "sft", "rl"], help="which stage's model")
+    p.add_argument("-a", "--task_name", default="|".join(EVAL_TASK_NAMES),
+                   help=f"task names joined by '|', from: {', '.join(EVAL_TASK_NAMES)} (default: all of them)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of generative tasks (0: greedy)")
+    p.add_argument("--max_new_tokens", type=int, default=512, help="most tokens per generated answer")
+    p.add_argument("--num_samples", type=positive_int, default=1, help="answers sampled per generative problem")
+    p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="examples per forward pass for categorical tasks")
+    p.add_argument("--max_problems", type=int, default=None,
+                   help="evaluate at most this many examples per task (default: every one)")
+    p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")
+    p.add_argument("--step", "--model_step", dest="step", type=int, default=None,
+                   help="checkpoint step (default: the last)")
+    add_device_args(p)
     args = p.parse_args(argv)
     names = [n for n in args.task_name.split("|") if n]
     unknown = [n for n in names if n not in EVAL_TASK_NAMES]

@@ -25,13 +25,11 @@ from nanochat.report import get_report
 from nanochat.training import (
     StepBatches,
     StepLog,
-    add_stage_args,
     apply_schedule,
     autocast_context,
     compile_model,
     finish_line,
     plan_or_exit,
-    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -40,24 +38,25 @@ from nanochat.training import (
     train_step_token_normalized,
     wants_compile,
 )
+from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.gsm8k import GSM8K
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Policy-gradient RL on GSM8K.")
+    p = ArgumentParser(description="Policy-gradient RL on GSM8K.")
     add_stage_args(p, source="sft", init_lr_frac=0.05)
     p.add_argument("--num_samples", type=positive_int, default=16, help="answers sampled per problem (the group)")
-    p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--max_new_tokens", type=int, default=256, help="most tokens per sampled answer")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the answers")
+    p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens")
     p.add_argument("--device_batch_size", type=positive_int, default=8, help="most rows in any forward pass")
     p.add_argument("--examples_per_step", type=positive_int, default=16, help="problems per step, all ranks")
-    p.add_argument("--num_epochs", type=int, default=1)
-    p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
-    p.add_argument("--eval_every", type=int, default=60)
-    p.add_argument("--eval_examples", type=int, default=400)
-    p.add_argument("--save_every", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_epochs", type=int, default=1, help="passes over GSM8K train (when --num_iterations is -1)")
+    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from --num_epochs)")
+    p.add_argument("--eval_every", type=int, default=60, help="pass@k on GSM8K test every N steps (-1: only at the end)")
+    p.add_argument("--eval_examples", type=int, default=400, help="GSM8K test problems per evaluation")
+    p.add_argument("--save_every", type=int, default=60, help="checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     return p.parse_args(argv)
 
 

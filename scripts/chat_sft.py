@@ -23,13 +23,11 @@ from nanochat.task_eval import evaluate_categorical
 from nanochat.training import (
     StepBatches,
     StepLog,
-    add_stage_args,
     apply_schedule,
     autocast_context,
     compile_model,
     finish_line,
     plan_or_exit,
-    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -38,6 +36,7 @@ from nanochat.training import (
     train_step_token_normalized,
     wants_compile,
 )
+from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.arc import ARC
 from tasks.common import TaskMixture
 from tasks.customjson import CustomJSON, get_identity_conversations
@@ -48,22 +47,23 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Supervised fine-tuning on conversations.")
+    p = ArgumentParser(description="Supervised fine-tuning on conversations.")
     add_stage_args(p, source="mid", init_lr_frac=0.02)
     p.add_argument("--device_batch_size", type=positive_int, default=4, help="conversations per forward pass")
     p.add_argument("--target_examples_per_step", type=positive_int, default=32, help="conversations per step, all ranks")
-    p.add_argument("--num_epochs", type=int, default=1)
-    p.add_argument("--num_iterations", type=int, default=-1, help="override the number of steps")
+    p.add_argument("--num_epochs", type=int, default=1, help="passes over the mixture (when --num_iterations is -1)")
+    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from --num_epochs)")
     p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
-    p.add_argument("--smoltalk_size", type=int, default=10_000)
-    p.add_argument("--spelling_size", type=int, default=300)
+    p.add_argument("--smoltalk_size", type=int, default=10_000, help="SmolTalk conversations in the mixture")
+    p.add_argument("--spelling_size", type=int, default=300, help="SimpleSpelling and SpellingBee examples each")
     p.add_argument("--max_conversations", type=int, default=0,
                    help="train on only the first N conversations of the shuffled mixture (0: all; for quick trials)")
-    p.add_argument("--eval_every", type=int, default=100)
-    p.add_argument("--eval_steps", type=int, default=100)
-    p.add_argument("--eval_metrics_every", type=int, default=200)
-    p.add_argument("--eval_metrics_max_problems", type=int, default=1024)
-    p.add_argument("--save_every", type=int, default=-1)
+    p.add_argument("--eval_every", type=int, default=100, help="validation loss every N steps (-1: only at the end)")
+    p.add_argument("--eval_steps", type=int, default=100, help="validation batches per evaluation")
+    p.add_argument("--eval_metrics_every", type=int, default=200,
+                   help="MMLU and ARC-Easy accuracy every N steps (-1: only at the end)")
+    p.add_argument("--eval_metrics_max_problems", type=int, default=1024, help="examples per task for those accuracies")
+    p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     return p.parse_args(argv)
 
 

@@ -32,7 +32,6 @@ assistant message sent back in a later turn is taken as plain text.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.resources
 import json
@@ -55,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanochat.common import autodetect_device_type, compute_init, logger, run_main
 from nanochat.engine import Engine
+from scripts.flags import ArgumentParser
 from scripts.chat_cli import LoadedModel, Reply, add_model_args, check_sampling_args, load_or_exit, prompt_for, stream_reply
 
 GENERATION_PATHS = ("/chat/completions", "/v1/chat/completions")
@@ -675,11 +675,11 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Serve a nanochat model: a chat UI at / and an OpenAI-compatible API at /v1.")
+    p = ArgumentParser(description="Serve a nanochat model: a chat UI at / and an OpenAI-compatible API at /v1.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 exposes the server (which has no authentication) to the network")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--num_gpus", type=int, default=1, help="model replicas, one per GPU; requests go to the next free one (CPU: one)")
     p.add_argument("--max_messages", type=int, default=500, help="most messages in a conversation")
     p.add_argument("--max_message_chars", type=int, default=8000, help="most characters in one message")

@@ -11,16 +11,16 @@ chat_rl, chat_eval, chat_web) run from it. Other architectures are refused.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError
 from nanochat.common import run_main
 from nanochat.hf import HFInteropError, import_folder, resolve_model_dir
+from scripts.flags import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> str:
-    p = argparse.ArgumentParser(description="Convert a transformers nanochat model into our checkpoint layout.")
+    p = ArgumentParser(description="Convert a transformers nanochat model into our checkpoint layout.")
     p.add_argument("--model", required=True, help="a local folder or a hub repo id (owner/name)")
     p.add_argument("--to", required=True, choices=["base", "mid", "sft"], help="the stage whose checkpoint it becomes")
     p.add_argument("--model_tag", default=None, help="model tag to save under (default: d<layers>)")

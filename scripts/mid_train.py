@@ -25,7 +25,6 @@ from nanochat.tokenizer import get_token_bytes
 from nanochat.training import (
     StepBatches,
     StepLog,
-    add_stage_args,
     all_reduce_mean,
     apply_schedule,
     autocast_context,
@@ -36,7 +35,6 @@ from nanochat.training import (
     muon_momentum,
     peak_flops,
     plan_or_exit,
-    positive_int,
     resolve_dtype,
     resume_if_asked,
     save_training_checkpoint,
@@ -45,6 +43,7 @@ from nanochat.training import (
     train_step,
     wants_compile,
 )
+from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.common import TaskMixture
 from tasks.customjson import CustomJSON, get_identity_conversations
 from tasks.gsm8k import GSM8K
@@ -54,18 +53,18 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Mid-train a base model on conversations.")
+    p = ArgumentParser(description="Mid-train a base model on conversations.")
     add_stage_args(p, source="base", init_lr_frac=1.0)
     p.add_argument("--max_seq_len", type=int, default=0, help="row length (0: the model's sequence length)")
-    p.add_argument("--device_batch_size", type=positive_int, default=32)
-    p.add_argument("--total_batch_size", type=positive_int, default=524288)
-    p.add_argument("--num_iterations", type=int, default=-1, help="-1: one pass over the mixture")
+    p.add_argument("--device_batch_size", type=positive_int, default=32, help="rows per forward pass on each device")
+    p.add_argument("--total_batch_size", type=positive_int, default=524288, help="tokens per optimizer step, all ranks")
+    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: one pass over the mixture)")
     p.add_argument("--spelling_size", type=int, default=200_000, help="SimpleSpelling examples (SpellingBee gets 40%%)")
     p.add_argument("--max_conversations", type=int, default=0,
                    help="train on only the first N conversations of the shuffled mixture (0: all; for quick trials)")
-    p.add_argument("--eval_every", type=int, default=150)
-    p.add_argument("--eval_tokens", type=int, default=20 * 524288)
-    p.add_argument("--save_every", type=int, default=-1)
+    p.add_argument("--eval_every", type=int, default=150, help="val bpb every N steps (-1: only at the end)")
+    p.add_argument("--eval_tokens", type=int, default=20 * 524288, help="validation tokens per evaluation")
+    p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     return p.parse_args(argv)
 
 

@@ -7,13 +7,13 @@ train and val shards, beside GPT-2's and GPT-4's encodings where tiktoken can lo
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from nanochat.common import run_main
 from nanochat.dataset import parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import RustBPETokenizer, TokenizerNotFoundError, get_tokenizer
+from scripts.flags import ArgumentParser
 
 SAMPLES = {
     "news": (
@@ -83,7 +83,7 @@ def bytes_per_token(tokenizer: RustBPETokenizer, text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    parser = argparse.ArgumentParser(description="Bytes per token of our tokenizer against GPT-2 and GPT-4.")
+    parser = ArgumentParser(description="Bytes per token of our tokenizer against GPT-2 and GPT-4.")
     parser.add_argument("--references", default="gpt2,gpt4", help="comma-separated from gpt2,gpt4; empty for none")
     parser.add_argument("--shard_chars", type=int, default=200_000, help="characters sampled from each of train and val")
     args = parser.parse_args(argv)

@@ -6,7 +6,6 @@ Train the BPE tokenizer on the pretraining shards and save it under $NANOCHAT_BA
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from tqdm import tqdm
@@ -15,10 +14,11 @@ from nanochat.common import get_base_dir, run_main
 from nanochat.dataset import get_data_dir, list_parquet_files, parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import get_tokenizer_dir, text_iterator, train_tokenizer
+from scripts.flags import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on the training shards.")
+    parser = ArgumentParser(description="Train a byte-level BPE tokenizer on the training shards.")
     parser.add_argument("--vocab_size", type=int, default=65536, help="final vocabulary: 256 bytes + merges + 9 special tokens")
     parser.add_argument("--max_chars", type=int, default=2_000_000_000, help="train on at most this many characters")
     parser.add_argument("--doc_cap", type=int, default=10_000, help="cut each document to this many characters")

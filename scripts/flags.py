@@ -1,0 +1,102 @@
+"""
+The command-line pieces every script shares: a parser that shows each flag's default and takes
+dashed spellings (`--device-batch-size`) beside nanochat's underscored ones
+(`--device_batch_size`), argument types, and the flag sets the training scripts have in common.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """
+    argparse's defaults formatter, except that a flag whose help already says its default in
+    words keeps them instead of a second "(default: None)", and a required flag says so.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.required:
+            return help_text if "required" in help_text else f"{help_text} (required)"
+        if "default" in help_text:
+            return help_text
+        if action.default == "":  # "(default: )" reads like a missing word
+            return f"{help_text} (default: '')"
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        # "--top_k, --top-k N" rather than "--top_k N, --top-k N": the value is named once
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """
+    An ArgumentParser whose help shows every flag's default and whose every `--long_name`
+    also answers to `--long-name`. Subparsers (bench's `train`, `decode`, ...) are of this
+    class too, because argparse builds them with the parent's class.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        dashed = [n.replace("_", "-") for n in names if n.startswith("--") and "_" in n]
+        # dest stays the underscored name: argparse derives it from the first long option
+        return super().add_argument(*names, *[d for d in dashed if d not in names], **kwargs)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a batch or a depth of 0 fails later, with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """Where a script runs and in what precision."""
+    p.add_argument("--device_type", default="", choices=["", "cuda", "cpu", "mps"], help="device (empty: autodetect)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bf16 on CUDA, fp32 elsewhere")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags every training script takes: logging, device and precision, resume, checkpoint keeping, the plan."""
+    p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
+    add_device_args(p)
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the model (auto: on for CUDA where the batch shapes are fixed)")
+    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
+    p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint (-1: not)")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: continue a run to a larger --num_iterations than it was started with; the "
+                        "LR schedule is recomputed for the new length (see the README)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start fresh in a model tag that already holds checkpoints, deleting them")
+    p.add_argument("--keep_last", type=int, default=2,
+                   help="keep only the newest N checkpoints of this run, the final one included (-1: keep all)")
+    p.add_argument("--dry_run", action="store_true", help="print the plan (sizes, steps, memory estimate) and exit")
+    p.add_argument("--skip_preflight", action="store_true", help="start even when the memory estimate exceeds the device")
+
+
+def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
+    """The flags mid_train, chat_sft and chat_rl share: the run flags, where to start from, learning rates."""
+    add_run_args(p)
+    p.add_argument("--source", default=source, choices=["base", "mid", "sft", "rl"], help="the stage to start from")
+    p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
+    p.add_argument("--model_step", type=int, default=None, help="source checkpoint step (default: the last)")
+    p.add_argument("--embedding_lr", type=float, default=0.2, help="AdamW learning rate of the token embedding")
+    p.add_argument("--unembedding_lr", type=float, default=0.004, help="AdamW learning rate of the output head")
+    p.add_argument("--matrix_lr", type=float, default=0.02, help="Muon learning rate of the blocks' matrices")
+    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--init_lr_frac", type=float, default=init_lr_frac,
+                   help="start at this fraction of the learning rates above")
