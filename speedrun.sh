@@ -140,5 +140,12 @@ fi
 
 python -m nanochat.report generate
 echo
+# the commands below must reach this run from a fresh shell: its base dir and data, unless the defaults
+RUN_ENV=""
+if [ "$NANOCHAT_BASE_DIR" != "$HOME/.cache/nanochat" ]; then RUN_ENV="NANOCHAT_BASE_DIR=$NANOCHAT_BASE_DIR "; fi
+if [ "$NANOCHAT_DATASET" = "synthetic" ]; then RUN_ENV="${RUN_ENV}NANOCHAT_DATASET=synthetic "; fi
 echo "Done. report.md (here and in $NANOCHAT_BASE_DIR/report/) has every stage's numbers."
-echo "Chat with the model: python -m scripts.chat_cli -i sft   or   python -m scripts.chat_web -i sft"
+echo "This run lives in $NANOCHAT_BASE_DIR. From this folder, in a new shell:"
+echo "  source .venv/bin/activate"
+echo "  ${RUN_ENV}python -m scripts.chat_cli -i sft                       # chat in the terminal"
+echo "  ${RUN_ENV}python -m scripts.chat_web -i sft                       # chat in the browser: http://127.0.0.1:8000/"

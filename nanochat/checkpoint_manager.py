@@ -25,7 +25,7 @@ from typing import IO, Any
 import torch
 import torch.distributed as dist
 
-from nanochat.common import NanochatError, atomic_write, get_base_dir, get_dist_info, logger
+from nanochat.common import NanochatError, atomic_write, command_here, found_elsewhere, get_base_dir, get_dist_info, logger
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer, get_tokenizer_dir
 
@@ -325,13 +325,19 @@ def prune_checkpoints(checkpoint_dir: str, keep_last: int) -> list[int]:
     return doomed
 
 
+def _elsewhere(checkpoints_dir: str) -> str:
+    """The other known base dirs that hold this stage's checkpoints, for a "not found" message."""
+    relative = os.path.relpath(checkpoints_dir, get_base_dir())
+    return "" if relative.startswith("..") else found_elsewhere(relative)
+
+
 def find_largest_model(checkpoints_dir: str) -> str:
     """The model tag to load by default: the deepest `d<N>`, else the most recently modified folder."""
     if not os.path.isdir(checkpoints_dir):
-        raise CheckpointError(f"checkpoints dir {checkpoints_dir} does not exist")
+        raise CheckpointError(f"checkpoints dir {checkpoints_dir} does not exist{_elsewhere(checkpoints_dir)}")
     tags = [name for name in os.listdir(checkpoints_dir) if os.path.isdir(os.path.join(checkpoints_dir, name))]
     if not tags:
-        raise CheckpointError(f"no model tags (subfolders) in {checkpoints_dir}")
+        raise CheckpointError(f"no model tags (subfolders) in {checkpoints_dir}{_elsewhere(checkpoints_dir)}")
     depths = {int(m.group(1)): tag for tag in tags if (m := _TAG_RE.fullmatch(tag))}
     if depths:
         return depths[max(depths)]
@@ -420,5 +426,5 @@ def load_model(
         if step is None:
             step = find_last_step(checkpoint_dir)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; train a {source} model first with `python -m {script}`") from e
+        raise CheckpointError(f"{e}; to make one here, train a {source} model with `{command_here(f'python -m {script}')}`") from e
     return build_model(checkpoint_dir, step, device, phase)

@@ -11,7 +11,8 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import IO, Any
 
@@ -39,11 +40,64 @@ def run_main(main: Callable[[], Any]) -> None:
                  "checkpoints go with --keep_last) and rerun with --resume; the last complete checkpoint is intact")
 
 
+def default_base_dir() -> str:
+    """Where runs live when NANOCHAT_BASE_DIR is not set (speedrun.sh's GPU profile too)."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+
+
+def cpu_base_dir() -> str:
+    """Where speedrun.sh's CPU profile puts its run, apart from any real one."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "nanochat-cpu")
+
+
 def get_base_dir() -> str:
-    """The folder holding tokenizer, data and checkpoints: $NANOCHAT_BASE_DIR or ~/.cache/nanochat."""
-    base_dir = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    os.makedirs(base_dir, exist_ok=True)
-    return base_dir
+    """
+    The folder holding tokenizer, data and checkpoints: $NANOCHAT_BASE_DIR or ~/.cache/nanochat.
+    Not created here: reading from a missing folder must leave nothing behind, so each writer
+    creates the folder it writes into.
+    """
+    return os.environ.get("NANOCHAT_BASE_DIR") or default_base_dir()
+
+
+def env_for(base_dir: str) -> str:
+    """
+    The environment to put before a command so it reads `base_dir`: NANOCHAT_BASE_DIR unless it
+    is the default, and NANOCHAT_DATASET=synthetic where the folder holds only the offline twin's
+    shards (the CPU speedrun's). Ends with a space when not empty, ready to prepend.
+    """
+    parts = []
+    if os.path.abspath(base_dir) != os.path.abspath(default_base_dir()):
+        parts.append(f"NANOCHAT_BASE_DIR={base_dir}")
+    if os.path.isdir(os.path.join(base_dir, "base_data_synthetic")) and not os.path.isdir(os.path.join(base_dir, "base_data")):
+        parts.append("NANOCHAT_DATASET=synthetic")
+    return "".join(f"{p} " for p in parts)
+
+
+def command_here(command: str) -> str:
+    """`command` as the user must type it to reach this process's base dir and data from a fresh shell."""
+    prefix = env_for(get_base_dir())
+    if os.environ.get("NANOCHAT_DATASET") == "synthetic" and "NANOCHAT_DATASET" not in prefix:
+        prefix += "NANOCHAT_DATASET=synthetic "
+    return prefix + command
+
+
+def found_elsewhere(relative: str) -> str:
+    """
+    For a "not found" message: the other known base dirs (~/.cache/nanochat and the CPU
+    speedrun's ~/.cache/nanochat-cpu) that do hold `relative`, and how to point a command at
+    them; empty when none does.
+    """
+    here = os.path.abspath(get_base_dir())
+    hits = [d for d in dict.fromkeys((default_base_dir(), cpu_base_dir()))
+            if os.path.abspath(d) != here and os.path.exists(os.path.join(d, relative))]
+    return "".join(f"; {d} has {relative} (a run there): {_how_to_reach(d)}" for d in hits)
+
+
+def _how_to_reach(base_dir: str) -> str:
+    env = env_for(base_dir).strip()
+    if os.path.abspath(base_dir) == os.path.abspath(default_base_dir()):
+        return "unset NANOCHAT_BASE_DIR" + (f" and put `{env}` before the command" if env else "")
+    return f"put `{env}` before the command"
 
 
 def _fsync_dir(directory: str) -> None:
@@ -76,6 +130,25 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(os.path.dirname(path) or ".")
+
+
+@contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """
+    An exclusive lock between processes (and threads) on the file `path`, which is removed
+    before the lock is released, so finished downloads leave no lock files behind. Removing
+    it while held is safe: a waiter that then wins the removed file's lock finds it unlinked
+    and starts over on a fresh file (filelock checks the link count), so the lock never has
+    two holders.
+    """
+    from filelock import FileLock
+
+    with FileLock(path):
+        try:
+            yield
+        finally:
+            with suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def stream_url_to_file(url: str, f: IO[bytes], timeout_s: float = 30.0) -> int:

@@ -56,10 +56,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from filelock import FileLock
 from tqdm import tqdm
 
-from nanochat.common import NanochatError, get_base_dir, get_dist_info, print0, stream_url_to_file
+from nanochat.common import NanochatError, file_lock, get_base_dir, get_dist_info, print0, stream_url_to_file
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 BUNDLE_DIR_NAME = "eval_bundle"
@@ -120,7 +119,7 @@ def download_eval_bundle(dest_dir: str | None = None, url: str | None = None, ti
         return dest_dir
     parent = os.path.dirname(os.path.abspath(dest_dir))
     os.makedirs(parent, exist_ok=True)
-    with FileLock(dest_dir + ".lock"):
+    with file_lock(dest_dir + ".lock"):
         if _bundle_is_complete(dest_dir):  # another process finished while we waited
             return dest_dir
         _refuse_incomplete(dest_dir)
@@ -587,7 +586,7 @@ def write_offline_bundle(dest_dir: str | None = None) -> str:
     if _holds(dest_dir, files):
         return dest_dir
     os.makedirs(os.path.dirname(os.path.abspath(dest_dir)), exist_ok=True)
-    with FileLock(dest_dir + ".lock"):
+    with file_lock(dest_dir + ".lock"):
         if _holds(dest_dir, files):
             return dest_dir
         shutil.rmtree(dest_dir, ignore_errors=True)  # a half-made or older twin is derived data: just redo it

@@ -26,10 +26,9 @@ from contextlib import suppress
 import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
-from filelock import FileLock
 from tqdm import tqdm
 
-from nanochat.common import NanochatError, get_base_dir, stream_url_to_file
+from nanochat.common import NanochatError, file_lock, found_elsewhere, get_base_dir, stream_url_to_file
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD = 1822  # the last shard index on the hub, so there are MAX_SHARD + 1 shards
@@ -84,6 +83,18 @@ def get_data_dir(dataset: str | None = None) -> str:
     return os.path.join(get_base_dir(), _DATA_DIRS[dataset])
 
 
+def _other_data_hint(data_dir: str) -> str:
+    """Where shards were found instead: the other dataset in this base dir, or this dataset in another base dir."""
+    if os.path.dirname(os.path.abspath(data_dir)) != os.path.abspath(get_base_dir()):
+        return ""  # a folder the caller chose: nothing to compare it with
+    name = os.path.basename(data_dir)
+    for dataset, folder in _DATA_DIRS.items():
+        other = os.path.join(get_base_dir(), folder)
+        if folder != name and os.path.isdir(other) and any(n.endswith(".parquet") for n in os.listdir(other)):
+            return f" (this base dir has {dataset} shards in {other}: set NANOCHAT_DATASET={dataset} to use them)"
+    return found_elsewhere(name)
+
+
 def list_parquet_files(data_dir: str | None = None) -> list[str]:
     """Complete shards in order; the zero-padded names make name order the index order."""
     data_dir = get_data_dir() if data_dir is None else data_dir
@@ -92,7 +103,7 @@ def list_parquet_files(data_dir: str | None = None) -> list[str]:
     # hidden files are skipped in case another writer names its temps that way.
     paths = sorted(os.path.join(data_dir, n) for n in names if n.endswith(".parquet") and not n.startswith("."))
     if not paths:
-        raise DataNotFoundError(f"no parquet shards in {data_dir}: {HOW_TO_GET_DATA}")
+        raise DataNotFoundError(f"no parquet shards in {data_dir}{_other_data_hint(data_dir)}: {HOW_TO_GET_DATA}")
     return paths
 
 
@@ -206,7 +217,7 @@ def download_shard(
         return path
     os.makedirs(data_dir, exist_ok=True)
     url = shard_url(index, base_url)
-    with FileLock(path + ".lock"):
+    with file_lock(path + ".lock"):
         if os.path.exists(path):  # another process finished it while we waited
             return path
         # holding the lock, any temp file of this shard is left over from a killed download

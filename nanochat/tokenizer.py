@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nanochat.common import NanochatError, atomic_write, get_base_dir
+from nanochat.common import NanochatError, atomic_write, found_elsewhere, get_base_dir
 
 SPECIAL_TOKENS = [
     "<|bos|>",  # starts every document
@@ -82,7 +82,8 @@ class RustBPETokenizer:
     def from_directory(cls, tokenizer_dir: str) -> "RustBPETokenizer":
         path = os.path.join(tokenizer_dir, TOKENIZER_FILE)
         if not os.path.exists(path):
-            raise TokenizerNotFoundError(f"no tokenizer at {path}: train one with `python -m scripts.tok_train`")
+            raise TokenizerNotFoundError(f"no tokenizer at {path}: train one with `python -m scripts.tok_train`"
+                                         f"{found_elsewhere(os.path.join('tokenizer', TOKENIZER_FILE))}")
         try:
             with open(path, "rb") as f:
                 enc = pickle.load(f)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from nanochat.checkpoint_manager import CheckpointError
-from nanochat.common import run_main
+from nanochat.common import command_here, run_main
 from nanochat.hf import HFInteropError, import_folder, resolve_model_dir
 from scripts.flags import ArgumentParser
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> str:
     except (HFInteropError, CheckpointError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"imported {args.model} into {checkpoint_dir} (step 0) and its tokenizer; "
-          f"continue with e.g. `python -m scripts.chat_eval -i {args.to}`")
+          f"continue with e.g. `{command_here(f'python -m scripts.chat_eval -i {args.to}')}`")
     return checkpoint_dir
 
 

@@ -1,16 +1,20 @@
 """
 Compression of our tokenizer (bytes per token, higher is better) on sample texts and on the
 train and val shards, beside GPT-2's and GPT-4's encodings where tiktoken can load them.
+Offline (NANOCHAT_DATASET=synthetic, or HF_HUB_OFFLINE=1) the comparison is skipped with a
+note instead of trying the network; --references=gpt2,gpt4 asks for it anyway (it then needs
+the network or tiktoken's cache).
 
     python -m scripts.tok_eval
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from nanochat.common import run_main
-from nanochat.dataset import parquets_iter_batched
+from nanochat.dataset import get_dataset_name, parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import RustBPETokenizer, TokenizerNotFoundError, get_tokenizer
 from scripts.flags import ArgumentParser
@@ -55,6 +59,15 @@ SAMPLES = {
 REFERENCES = {"gpt2": "gpt2", "gpt4": "cl100k_base"}
 
 
+def offline_reason() -> str | None:
+    """Why this run must not reach for the network (tiktoken downloads its encodings), or None."""
+    if get_dataset_name() == "synthetic":
+        return "NANOCHAT_DATASET=synthetic"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    return None
+
+
 def load_reference(name: str) -> tuple[RustBPETokenizer | None, str]:
     """A tiktoken reference encoding, or None and a one-line note saying why it is missing."""
     try:
@@ -84,7 +97,8 @@ def bytes_per_token(tokenizer: RustBPETokenizer, text: str) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = ArgumentParser(description="Bytes per token of our tokenizer against GPT-2 and GPT-4.")
-    parser.add_argument("--references", default="gpt2,gpt4", help="comma-separated from gpt2,gpt4; empty for none")
+    parser.add_argument("--references", default=None,
+                        help="comma-separated from gpt2,gpt4; empty for none (default: both, or none when offline)")
     parser.add_argument("--shard_chars", type=int, default=200_000, help="characters sampled from each of train and val")
     args = parser.parse_args(argv)
 
@@ -93,7 +107,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     except TokenizerNotFoundError as e:
         sys.exit(f"error: {e}")
     notes = []
-    for name in filter(None, args.references.split(",")):
+    references = args.references
+    if references is None:
+        references = "gpt2,gpt4"
+        if (reason := offline_reason()) is not None:
+            references = ""
+            notes.append(f"note: GPT-2 / GPT-4 not compared: offline ({reason}); tiktoken would download them. "
+                         "Ask with --references=gpt2,gpt4 where the network or tiktoken's cache is available")
+            print(notes[-1])
+    for name in filter(None, references.split(",")):
         if name not in REFERENCES:
             parser.error(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
         reference, note = load_reference(name)

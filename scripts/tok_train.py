@@ -10,7 +10,7 @@ import sys
 
 from tqdm import tqdm
 
-from nanochat.common import get_base_dir, run_main
+from nanochat.common import command_here, run_main
 from nanochat.dataset import get_data_dir, list_parquet_files, parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import get_tokenizer_dir, text_iterator, train_tokenizer
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             },
         ],
     )
-    print(f"next: python -m scripts.tok_eval   (base dir {get_base_dir()})")
+    print(f"saved to {get_tokenizer_dir()}; next: {command_here('python -m scripts.tok_eval')}")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def write_shards(data_dir, num_shards: int, n: int = 10, row_group_size: int = 3
 
 
 def leftovers(data_dir) -> list[str]:
-    """Files that are neither a complete shard nor a lock file: what a failed download must not leave."""
-    return [n for n in os.listdir(data_dir) if not (n.endswith(".parquet") or n.endswith(".lock"))]
+    """Files that are not a complete shard (temp files, lock files): what no download may leave."""
+    return [n for n in os.listdir(data_dir) if not n.endswith(".parquet")]
 
 
 @pytest.fixture
@@ -330,7 +330,7 @@ def test_download_rejects_a_body_that_is_not_parquet(tmp_path, serve):
     with pytest.raises(DownloadError, match="not a readable parquet file"):
         download_shard(0, str(tmp_path), server.url, **FAST)
     assert len(server.requests) == 3
-    assert os.listdir(tmp_path) == ["shard_00000.parquet.lock"]
+    assert os.listdir(tmp_path) == []  # no temp file, no lock file
 
 
 def test_download_does_not_retry_not_found(tmp_path, serve):
