@@ -8,11 +8,12 @@ Bits per byte of a base model on the train and val splits, plus a few greedy sam
 from __future__ import annotations
 
 import sys
+import time
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
 from nanochat.dataloader import tokenizing_distributed_data_loader
-from nanochat.loss_eval import evaluate_bpb, sample_completions
+from nanochat.loss_eval import SAMPLE_PROMPTS, evaluate_bpb, sample_completions
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
 from nanochat.training import autocast_context, resolve_dtype
@@ -42,9 +43,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     results: dict[str, float] = {}
     for split in ("train", "val"):
+        print0(f"{split}: bits per byte over {steps * B * T * world_size:,} tokens ({steps} batches of {B}×{T} "
+               f"on each of {world_size} ranks)...", flush=True)
+        t0 = time.perf_counter()
         batches = tokenizing_distributed_data_loader(B, T, split, tokenizer=tokenizer, device=device)
         results[f"{split}_bpb"] = evaluate_bpb(model, batches, steps, token_bytes, autocast)
-        print0(f"{split} bpb: {results[split + '_bpb']:.4f}")
+        print0(f"{split} bpb: {results[split + '_bpb']:.4f} ({time.perf_counter() - t0:.1f}s)")
+    print0(f"sampling greedy completions of {len(SAMPLE_PROMPTS)} prompts...", flush=True)
     samples = sample_completions(model, tokenizer) if rank == 0 else []
     for s in samples:
         print0(f"  sample: {s!r}")

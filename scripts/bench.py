@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import sys
 import time
 
 import torch
@@ -41,17 +42,26 @@ def load_documents(text: str, num_chars: int) -> list[str]:
     return [doc for doc in content.split("\n\n") if doc]
 
 
+def progress(message: str) -> None:
+    """What the benchmark is doing now, on stderr: stdout stays one JSON document."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
 def bench_tokenizer(args: argparse.Namespace) -> dict:
     from nanochat.tokenizer import train_tokenizer
 
+    progress(f"reading {args.chars:,} characters of {args.text}")
     docs = load_documents(args.text, args.chars)
     chars = sum(len(d) for d in docs)
+    progress(f"training a BPE tokenizer with vocab {args.vocab_size:,} on {chars:,} characters")
     tokenizer, train_s = train_tokenizer(docs, args.vocab_size)
 
+    progress(f"encoding {len(docs):,} documents one by one")
     t0 = time.perf_counter()
     single = [tokenizer.encode(d) for d in docs]
     single_s = time.perf_counter() - t0
     threads = args.threads or os.cpu_count() or 1
+    progress(f"encoding them as one batch on {threads} threads")
     t0 = time.perf_counter()
     batched = tokenizer.encode(docs, num_threads=threads)
     batch_s = time.perf_counter() - t0
@@ -96,6 +106,8 @@ def bench_train(args: argparse.Namespace) -> dict:
         train_model = torch.compile(model) if args.compile else model
         autocast = autocast_context(device_type, getattr(torch, dtype_name))
         batches = StepBatches(iter(lambda: (data[:, :-1], data[:, 1:]), None), 1)
+        progress(f"train {dtype_name}: {args.warmup} warm-up steps{' (compiling)' if args.compile else ''}, then "
+                 f"{args.steps} timed steps of {args.batch}×{args.seq_len} tokens")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.warmup):
@@ -176,6 +188,7 @@ def bench_decode(args: argparse.Namespace) -> dict:
     for batch in [int(b) for b in args.batches.split(",")]:
         timings = {}
         for name in ("naive", *engines):
+            progress(f"decode batch {batch}, {name}: {args.new_tokens} new tokens, a warm-up run then a timed one")
             for _ in range(2):  # the first run warms up
                 _sync(device)
                 t0 = time.perf_counter()
