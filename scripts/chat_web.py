@@ -16,10 +16,21 @@ Endpoints:
 Every bad request gets a 4xx JSON error {"error": {"message", "type", "param"}} saying what is
 wrong, hostile ones included: a body nested more than 64 levels deep is a 400, one that does not
 arrive within --body_timeout seconds a 408 (and the connection is closed), and a prompt must fit
-the context the model was trained on (`sequence_len`), where its reply also stops. The OpenAI endpoint ignores `top_p` (sampling is temperature plus top-k; `top_k` is
-an extension), ignores `model` (it is echoed back) and fields it does not know, and refuses
-`n` other than 1 and `stop` sequences. A system message (or OpenAI's "developer") is merged
-into the first user message, as the tokenizer renders it.
+the context the model was trained on (`sequence_len`), where its reply also stops.
+
+The OpenAI endpoint behaves as vLLM's does where the two could differ: a prompt plus an asked-for
+`max_tokens` beyond the model's context is a 400 that gives the numbers (with no `max_tokens`
+the reply may run to the end of the context, or --max_tokens, whichever is first); a `model`
+other than the one served is a 404 `model_not_found` (no `model` at all means the one served).
+Sampling is temperature plus top-k (`top_k` is an extension) and a `seed`. Parameters it cannot
+honour are refused with a 400 naming them unless they ask for the default behaviour: `top_p`
+(except 1), `logprobs` (except false), `top_logprobs`, `frequency_penalty` and
+`presence_penalty` (except 0), `logit_bias` (except {}), `response_format` (except text),
+`tools`/`functions` (except empty) and `tool_choice`/`function_call` (except "none"), `n`
+other than 1, `stop` sequences. Bookkeeping fields (`user`, `metadata`, `store`,
+`service_tier`, `parallel_tool_calls`) change nothing and are accepted; any other unknown field
+is ignored with a warning in the server's log. A system message (or OpenAI's "developer") is
+merged into the first user message, as the tokenizer renders it.
 
 Workers: one model replica per GPU (one on CPU or MPS). A request waits for a free worker,
 which generates in its own thread (torch releases the GIL in its kernels) and hands each
@@ -90,9 +101,10 @@ class Settings:
 class BadRequest(Exception):
     """A request we refuse, with a message for the person who sent it."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400, close: bool = False) -> None:
+    def __init__(self, message: str, param: str | None = None, status: int = 400, close: bool = False,
+                 code: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.param, self.status = message, param, status
+        self.message, self.param, self.status, self.code = message, param, status, code
         self.close = close  # the body was not read to its end: the connection cannot carry another request
 
 
@@ -106,6 +118,51 @@ class ChatRequest:
     stream: bool = False
     model: str | None = None
     include_usage: bool = False
+    max_tokens_asked: bool = False  # the client set max_tokens (or max_completion_tokens) itself
+
+
+# OpenAI parameters this server cannot honour: accepted only at the value that asks for nothing
+# (the default), refused otherwise, so no reply silently ignores what its client asked for
+UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "top_p": (1, "nucleus sampling is not implemented (sampling is temperature plus top_k); omit 'top_p' or send 1"),
+    "logprobs": (False, "log probabilities are not returned; omit 'logprobs' or send false"),
+    "top_logprobs": (None, "log probabilities are not returned; omit 'top_logprobs'"),
+    "frequency_penalty": (0, "repetition penalties are not implemented; omit 'frequency_penalty' or send 0"),
+    "presence_penalty": (0, "repetition penalties are not implemented; omit 'presence_penalty' or send 0"),
+    "logit_bias": ({}, "'logit_bias' is not implemented; omit it"),
+    "response_format": ({"type": "text"}, "only plain text replies: JSON mode and JSON schemas are not supported; "
+                                          "omit 'response_format' or send {\"type\": \"text\"}"),
+    "tools": ([], "tool calling is not supported (the model's only tool is its built-in calculator); omit 'tools'"),
+    "functions": ([], "function calling is not supported; omit 'functions'"),
+    "tool_choice": ("none", "tool calling is not supported; omit 'tool_choice' or send \"none\""),
+    "function_call": ("none", "function calling is not supported; omit 'function_call' or send \"none\""),
+    "modalities": (["text"], "only text replies; omit 'modalities' or send [\"text\"]"),
+    "audio": (None, "audio replies are not supported; omit 'audio'"),
+    "prediction": (None, "predicted outputs are not supported; omit 'prediction'"),
+}
+# fields that change nothing a client gets back, and those handled in parse_chat_request
+BOOKKEEPING = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
+HANDLED = {"messages", "temperature", "top_k", "max_tokens", "max_completion_tokens", "seed", "n", "stop", "stream",
+           "stream_options", "model"}
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    """JSON equality: 1.0 is 1, but true is not 1 (Python's bool is an int)."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    return value == default
+
+
+def refuse_unsupported(body: dict) -> None:
+    """A 400 for the first parameter that asks for something this server does not do."""
+    for name, (default, why) in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is None or _same_value(value, default):
+            continue
+        raise BadRequest(f"'{name}' is not supported: {why} (got {_describe(value)})", name)
+    unknown = sorted(set(body) - HANDLED - BOOKKEEPING - set(UNSUPPORTED))
+    if unknown:  # as vLLM does: a newer client's extra fields are ignored, and the log says which
+        logger.warning("ignored unknown request fields: %s", ", ".join(unknown))
 
 
 def json_type(value: Any) -> str:
@@ -229,7 +286,9 @@ def parse_chat_request(body: Any, settings: Settings, openai: bool) -> ChatReque
     # OpenAI's newer name for max_tokens wins when both are given
     chat.max_tokens = _number(body, "max_completion_tokens", chat.max_tokens, 1, settings.max_max_tokens, True,
                               f"from 1 to {settings.max_max_tokens}")
-    _number(body, "top_p", None, 0.0, 1.0, False, "from 0 to 1 (it is accepted and ignored)")
+    chat.max_tokens_asked = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+    _number(body, "top_p", None, 0.0, 1.0, False, "from 0 to 1")
+    refuse_unsupported(body)
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequest(f"'n' must be 1 (one choice per request), got {_describe(n)}", "n")
@@ -485,8 +544,9 @@ def sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 # ---- the app ----
@@ -541,7 +601,7 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
     async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
         state().stats.rejected += 1
         request.scope["nanochat.error"] = e.message  # for the request's log line
-        return JSONResponse(error_body(e.message, param=e.param), status_code=e.status,
+        return JSONResponse(error_body(e.message, param=e.param, code=e.code), status_code=e.status,
                             headers={"Connection": "close"} if e.close else None)
 
     @app.exception_handler(RequestValidationError)
@@ -567,11 +627,19 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
         s = state()
         body = await read_json(request, s.settings.max_body_bytes, s.settings.body_timeout)
         chat = parse_chat_request(body, s.settings, openai)
+        if chat.model is not None and chat.model != s.model_name:
+            raise BadRequest(f"the model `{chat.model}` does not exist; this server serves `{s.model_name}` "
+                             "(GET /v1/models)", "model", status=404, code="model_not_found")
         prompt = prompt_for(s.tokenizer, chat.messages)
         if len(prompt) >= s.context:
             raise BadRequest(f"the conversation is {len(prompt)} tokens, but the model's context holds {s.context}; "
                              "shorten it or start a new conversation", "messages")
-        chat.max_tokens = min(chat.max_tokens, s.context - len(prompt))  # the reply stops at the context's end
+        room = s.context - len(prompt)
+        if openai and chat.max_tokens_asked and chat.max_tokens > room:  # vLLM's answer, rather than a shorter reply
+            raise BadRequest(f"this model's maximum context length is {s.context} tokens, but you requested "
+                             f"{len(prompt) + chat.max_tokens} tokens ({len(prompt)} in the messages, {chat.max_tokens} "
+                             "in the completion); reduce the length of the messages or max_tokens", "max_tokens")
+        chat.max_tokens = min(chat.max_tokens, room)  # the reply stops at the context's end
         return chat, prompt
 
     @app.get("/")
@@ -624,7 +692,7 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
         chat, prompt = await prepare(request, openai=True)
         gen = Generation(state(), request, chat, prompt)
         completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-        model = chat.model or state().model_name
+        model = state().model_name
 
         def usage() -> dict[str, int]:
             n = gen.reply.completion_tokens

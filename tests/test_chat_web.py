@@ -31,6 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 MAX_MESSAGES, MAX_MESSAGE_CHARS, MAX_CONVERSATION_CHARS, MAX_MAX_TOKENS = 8, 200, 600, 8000
 SEQUENCE_LEN = 8192  # the context the tiny model is "trained" for: a reply of MAX_MAX_TOKENS fits
 BODY_TIMEOUT_S = 2.0  # --body_timeout: how long the server waits for a request body
+MODEL = "nanochat-sft-d1"  # the name the server gives the model it serves (GET /v1/models)
 
 
 @dataclass
@@ -113,11 +114,11 @@ def sse_events(lines) -> list:
 def test_openai_client_non_streaming_and_streaming_agree(server):
     client = server.client()
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "the cat sat on"}]
-    settings = {"model": "whatever-name", "messages": messages, "temperature": 0, "max_tokens": 12, "seed": 5}
+    settings = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 12, "seed": 5}
     r = client.chat.completions.create(**settings)
     text = r.choices[0].message.content
     assert isinstance(text, str) and text
-    assert r.object == "chat.completion" and r.model == "whatever-name"  # the model name is echoed
+    assert r.object == "chat.completion" and r.model == MODEL
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason == "length"  # it ran into max_tokens
     assert r.usage.prompt_tokens == prompt_length(server.tokenizer, messages)
@@ -146,20 +147,24 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(server):
     messages = [{"role": "user", "content": "apple river"}]
 
     def reply(**kw) -> str:
-        return client.chat.completions.create(model="m", messages=messages, max_tokens=10, **kw).choices[0].message.content
+        return client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, **kw).choices[0].message.content
 
     assert reply(temperature=1.0, seed=1) == reply(temperature=1.0, seed=1)
-    assert reply(temperature=1.0, top_p=0.5, extra_body={"top_k": 1}, seed=2) == reply(temperature=0)
-    r = client.chat.completions.create(model="m", messages=messages, max_completion_tokens=3)
+    assert reply(temperature=1.0, top_p=1, extra_body={"top_k": 1}, seed=2) == reply(temperature=0)
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=3)
     assert r.usage.completion_tokens == 3
 
 
 def test_openai_errors_reach_the_client(server):
     client = server.client()
     with pytest.raises(openai.BadRequestError, match="'messages' is empty"):
-        client.chat.completions.create(model="m", messages=[])
+        client.chat.completions.create(model=MODEL, messages=[])
     with pytest.raises(openai.BadRequestError, match="'n' must be 1"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
+    with pytest.raises(openai.NotFoundError, match="`gpt-4o` does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="'top_p' is not supported"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], top_p=0.5)
 
 
 # ---- the UI's endpoint and the small ones ----
@@ -174,16 +179,16 @@ def test_ui_endpoint_streams_tokens_then_done(server):
     assert len(tokens) > 1 and events[-1]["done"] is True
     assert events[-1]["completion_tokens"] == 9 and events[-1]["finish_reason"] == "length"
     assert events[-1]["prompt_tokens"] == prompt_length(server.tokenizer, body["messages"])
-    expected = server.client().chat.completions.create(model="m", messages=body["messages"], temperature=0, max_tokens=9)
+    expected = server.client().chat.completions.create(model=MODEL, messages=body["messages"], temperature=0, max_tokens=9)
     assert "".join(tokens) == expected.choices[0].message.content
 
 
 def test_models_health_and_stats(server):
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert [m["id"] for m in models["data"]] == ["nanochat-sft-d1"]
+    assert [m["id"] for m in models["data"]] == [MODEL]
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "ready": True, "workers": 1}
     before = server.stats()
-    server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=7)
+    server.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=7)
     httpx.post(f"{server.url}/v1/chat/completions", json={"messages": []})
     after = server.stats()
     assert after["workers"] == {"total": 1, "busy": 0, "waiting": 0}
@@ -269,7 +274,7 @@ def test_other_errors_and_the_server_goes_on(server):
     assert r.status_code == 404 and "no such endpoint" in r.json()["error"]["message"]
     r = httpx.get(f"{server.url}/v1/chat/completions")
     assert r.status_code == 405 and "GET is not allowed" in r.json()["error"]["message"]
-    r = server.client().chat.completions.create(model="m", messages=[USER], max_tokens=4)
+    r = server.client().chat.completions.create(model=MODEL, messages=[USER], max_tokens=4)
     assert r.usage.completion_tokens == 4 and r.choices[0].message.content
 
 
@@ -330,7 +335,7 @@ def test_half_sent_bodies_are_dropped(server):
     response = read_response(sock)
     assert response.startswith(b"HTTP/1.1 413 ") and time.time() - start < BODY_TIMEOUT_S, response[:200]
     sock.close()
-    r = server.client().chat.completions.create(model="m", messages=[USER], max_tokens=3)
+    r = server.client().chat.completions.create(model=MODEL, messages=[USER], max_tokens=3)
     assert r.usage.completion_tokens == 3
 
 
@@ -338,8 +343,8 @@ def test_half_sent_bodies_are_dropped(server):
 def test_tiny_temperature_is_greedy_not_nan(server, temperature):
     # issue 16: 1e-300 overflowed logits / temperature into NaN probabilities and returned garbage
     messages = [{"role": "user", "content": "the cat sat on"}]
-    greedy = server.client().chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=10, seed=1)
-    tiny = server.client().chat.completions.create(model="m", messages=messages, temperature=temperature, max_tokens=10,
+    greedy = server.client().chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=10, seed=1)
+    tiny = server.client().chat.completions.create(model=MODEL, messages=messages, temperature=temperature, max_tokens=10,
                                                    seed=2)
     assert tiny.choices[0].message.content == greedy.choices[0].message.content
 
@@ -351,7 +356,7 @@ def hostile_requests(count: int) -> list[tuple[str, str, dict, bytes]]:
     import random
 
     rng = random.Random(16)
-    valid = {"model": "m", "messages": [USER, ASSISTANT, USER], "temperature": 0.5, "top_k": 5, "max_tokens": 1,
+    valid = {"model": MODEL, "messages": [USER, ASSISTANT, USER], "temperature": 0.5, "top_k": 5, "max_tokens": 1,
              "seed": 3, "stream": False}
     valid_text = json.dumps(valid)
     fields = ["messages", "temperature", "top_k", "max_tokens", "seed", "n", "stop", "stream", "model", "top_p",
@@ -416,7 +421,7 @@ def test_hostile_requests_get_no_5xx(server):
     assert not failures, failures[:10]
     assert sum(n for code, n in statuses.items() if 400 <= code < 500) >= 1000, statuses
     # and the server answers normally afterwards
-    r = server.client().chat.completions.create(model="m", messages=[USER], max_tokens=4, temperature=0)
+    r = server.client().chat.completions.create(model=MODEL, messages=[USER], max_tokens=4, temperature=0)
     assert r.usage.completion_tokens == 4 and r.choices[0].message.content
     assert httpx.get(f"{server.url}/health").json()["ready"] is True
 
@@ -427,13 +432,13 @@ def test_hostile_requests_get_no_5xx(server):
 def test_concurrent_streams_all_complete(server):
     client = server.client()
     prompts = ["the cat", "a dog ran", "seven twelve", "over hill river"]
-    expected = {p: client.chat.completions.create(model="m", messages=[{"role": "user", "content": p}], temperature=0,
+    expected = {p: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], temperature=0,
                                                   max_tokens=16).choices[0].message.content for p in prompts}
     results, errors = {}, []
 
     def stream(p: str) -> None:
         try:
-            chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": p}], temperature=0,
+            chunks = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], temperature=0,
                                                     max_tokens=16, stream=True)
             results[p] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         except Exception as e:  # reported below, with the thread's prompt
@@ -450,7 +455,7 @@ def test_concurrent_streams_all_complete(server):
 
 def open_stream(server: Server, max_tokens: int) -> socket.socket:
     """A raw HTTP streaming request, so the test can drop the connection whenever it likes."""
-    body = json.dumps({"model": "m", "messages": [USER], "temperature": 0, "max_tokens": max_tokens, "stream": True}).encode()
+    body = json.dumps({"model": MODEL, "messages": [USER], "temperature": 0, "max_tokens": max_tokens, "stream": True}).encode()
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -492,7 +497,7 @@ def test_clients_that_leave_free_the_worker(server):
     assert after["tokens_generated"] - before["tokens_generated"] < MAX_MAX_TOKENS / 2, "A's generation was not stopped"
     assert freed < 5
     start = time.time()
-    r = server.client().chat.completions.create(model="m", messages=[USER], max_tokens=5)
+    r = server.client().chat.completions.create(model=MODEL, messages=[USER], max_tokens=5)
     assert r.usage.completion_tokens == 5 and time.time() - start < 10
     assert "499 stream" in server.log.read_text()  # the log line of a request whose client left
 
@@ -576,8 +581,13 @@ def test_missing_checkpoint_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "chatrl_checkpoints" in result.stderr
 
 
-def test_conversation_over_the_models_context_is_refused(tiny_tokenizer):
-    """In-process (no subprocess needed): a model whose context is 40 tokens."""
+@pytest.fixture
+def tiny_app(tiny_tokenizer):
+    """
+    In-process (no subprocess needed): the app over a model whose context is 40 tokens, served
+    as "nanochat-tiny", whose replies run to max_tokens (a zero head: uniform logits, greedy
+    decoding never picks a stop token). Server default --max_tokens=100, past the context.
+    """
     import contextlib
 
     import torch
@@ -589,20 +599,92 @@ def test_conversation_over_the_models_context_is_refused(tiny_tokenizer):
     from scripts.chat_web import Settings, Worker, create_app
 
     model = GPT(GPTConfig(sequence_len=40, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
-    model.init_weights()  # a zero head: uniform logits, so greedy decoding never picks a stop token
-    context = 40  # what it was trained for; its rotary tables hold 400 positions, which issue 16 found used instead
+    model.init_weights()
     loaded = LoadedModel(model, tiny_tokenizer, {}, "nanochat-tiny", torch.device("cpu"), contextlib.nullcontext)
-    settings = Settings(temperature=0.0, top_k=50, max_tokens=8, max_messages=10, max_message_chars=1000,
+    settings = Settings(temperature=0.0, top_k=50, max_tokens=100, max_messages=10, max_message_chars=1000,
                         max_conversation_chars=1000, max_max_tokens=100)
     with TestClient(create_app([Worker(0, loaded, Engine(model, tiny_tokenizer))], settings, "nanochat-tiny")) as client:
-        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "0123456789" * 10}]})
-        assert r.status_code == 400
-        assert f"but the model's context holds {context}; shorten it or start a new conversation" in r.json()["error"]["message"]
-        # a reply that would run past the context is cut there, and says so
-        messages = [{"role": "user", "content": "hi"}]
-        r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 100})
+        yield client
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_conversation_over_the_models_context_is_refused(tiny_app):
+    context = 40  # what it was trained for; its rotary tables hold 400 positions, which issue 16 found used instead
+    r = tiny_app.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "0123456789" * 10}]})
+    assert r.status_code == 400
+    assert f"but the model's context holds {context}; shorten it or start a new conversation" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_openai_max_tokens_past_the_context_is_a_400_with_the_numbers(tiny_app, tiny_tokenizer, field):
+    prompt = prompt_length(tiny_tokenizer, HI)
+    r = tiny_app.post("/v1/chat/completions", json={"messages": HI, field: 100})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "max_tokens" and error["type"] == "invalid_request_error"
+    assert (f"maximum context length is 40 tokens, but you requested {prompt + 100} tokens ({prompt} in the messages, "
+            "100 in the completion)") in error["message"]
+    # exactly what fits is served, to the last token of the context
+    r = tiny_app.post("/v1/chat/completions", json={"messages": HI, field: 40 - prompt})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 40 - prompt
+
+
+def test_without_max_tokens_the_reply_runs_to_the_end_of_the_context(tiny_app, tiny_tokenizer):
+    prompt = prompt_length(tiny_tokenizer, HI)
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        r = tiny_app.post(path, json={"messages": HI})
         assert r.status_code == 200, r.text
-        usage = r.json()["usage"]
-        assert usage["prompt_tokens"] == prompt_length(tiny_tokenizer, messages)
-        assert usage["completion_tokens"] == context - usage["prompt_tokens"]
-        assert r.json()["choices"][0]["finish_reason"] == "length"
+    body = tiny_app.post("/v1/chat/completions", json={"messages": HI}).json()
+    assert body["usage"]["completion_tokens"] == 40 - prompt and body["choices"][0]["finish_reason"] == "length"
+    # the UI's own endpoint keeps cutting an asked-for length at the context (its slider can ask for more)
+    events = sse_events(tiny_app.post("/chat/completions", json={"messages": HI, "max_tokens": 100}).text.splitlines())
+    assert events[-1]["completion_tokens"] == 40 - prompt
+
+
+def test_an_unknown_model_is_a_404_as_openai_answers(tiny_app):
+    r = tiny_app.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": HI, "max_tokens": 2})
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "`gpt-4o` does not exist" in error["message"] and "nanochat-tiny" in error["message"]
+    for body in ({"model": "nanochat-tiny", "messages": HI, "max_tokens": 2}, {"messages": HI, "max_tokens": 2}):
+        r = tiny_app.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.json()["model"] == "nanochat-tiny"
+
+
+REFUSED = {
+    "top_p": 0.9, "logprobs": True, "top_logprobs": 3, "frequency_penalty": 0.5, "presence_penalty": -1,
+    "logit_bias": {"17": 5}, "response_format": {"type": "json_object"}, "tools": [{"type": "function"}],
+    "functions": [{"name": "f"}], "tool_choice": "auto", "function_call": "auto", "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy"}, "prediction": {"type": "content", "content": "x"},
+}
+
+
+@pytest.mark.parametrize("field", sorted(REFUSED))
+def test_parameters_it_cannot_honour_are_refused_by_name(tiny_app, field):
+    r = tiny_app.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2, field: REFUSED[field]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == field and error["message"].startswith(f"'{field}' is not supported: ")
+
+
+def test_their_default_values_and_bookkeeping_fields_are_accepted(tiny_app, monkeypatch):
+    import scripts.chat_web as chat_web
+
+    warnings = []
+    monkeypatch.setattr(chat_web.logger, "warning", lambda message, *args: warnings.append(message % args))
+    defaults = {"top_p": 1, "logprobs": False, "top_logprobs": None, "frequency_penalty": 0, "presence_penalty": 0.0,
+                "logit_bias": {}, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+                "modalities": ["text"], "user": "u-1", "metadata": {"k": "v"}, "store": False,
+                "parallel_tool_calls": True, "service_tier": "auto"}
+    r = tiny_app.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2, **defaults})
+    assert r.status_code == 200, r.text
+    assert warnings == []
+    r = tiny_app.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2, "top_p": 1.0, "some_new_field": 1})
+    assert r.status_code == 200, r.text
+    assert warnings == ["ignored unknown request fields: some_new_field"]
+    # JSON's true is not the number 1
+    r = tiny_app.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2, "frequency_penalty": False})
+    assert r.status_code == 400
