@@ -3,6 +3,7 @@ Supervised fine-tuning: each conversation on its own row, the loss only on what 
 assistant writes, normalized per target token across micro-batches and ranks.
 
     python -m scripts.chat_sft
+    python -m scripts.chat_sft --custom_json=my_chats.jsonl     # your own conversations too (see the README)
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_sft -- --run=sft
 
 Starts from mid_checkpoints/ (or --source), saves to chatsft_checkpoints/<model_tag>/.
@@ -64,12 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="MMLU and ARC-Easy accuracy every N steps (-1: only at the end)")
     p.add_argument("--eval_metrics_max_problems", type=int, default=1024, help="examples per task for those accuracies")
     p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--custom_json", action="append", default=None, metavar="PATH",
+                   help="a JSONL file of your own conversations (one a line: a list of messages, or an object with "
+                        "'messages') added to the mixture; repeat the flag for more files, or the same file to see it "
+                        "more often (default: none)")
     return p.parse_args(argv)
 
 
-def build_datasets(smoltalk_size: int, spelling_size: int, max_conversations: int = 0) -> tuple[TaskMixture, SmolTalk]:
+def build_datasets(smoltalk_size: int, spelling_size: int, max_conversations: int = 0,
+                   custom_json: list[str] | None = None) -> tuple[TaskMixture, SmolTalk]:
     identity = get_identity_conversations()
     train = TaskMixture([
+        *[CustomJSON(path) for path in custom_json or []],  # first, so a file's mistakes show before the rest loads
         ARC(subset="ARC-Easy", split="train"),
         ARC(subset="ARC-Challenge", split="train"),
         GSM8K(subset="main", split="train"),
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                  f"device_batch_size × world_size = {examples_per_micro_step}")
     grad_accum_steps = args.target_examples_per_step // examples_per_micro_step
 
-    train_set, val_set = build_datasets(args.smoltalk_size, args.spelling_size, args.max_conversations)
+    train_set, val_set = build_datasets(args.smoltalk_size, args.spelling_size, args.max_conversations, args.custom_json)
     num_iterations = args.num_iterations
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs

@@ -178,7 +178,7 @@ def readme_commands() -> list[list[str]]:
     readme = (ROOT / "README.md").read_text()
     found = []
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a continued line is one command
             argv = shlex.split(line, comments=True)
             while argv and re.fullmatch(r"[A-Z_]+=.*", argv[0]):  # VAR=value prefixes: set by the test
                 argv = argv[1:]
@@ -191,6 +191,9 @@ def readme_commands() -> list[list[str]]:
 def test_the_readme_commands_that_read_a_run_work_against_the_cpu_run(cpu_run, monkeypatch, tmp_path):
     commands = readme_commands()
     assert {c[0][8:] for c in commands} == set(CHEAP), commands  # each kind is in the README and was run
+    # the README tells the reader to put the CPU run's variables first, as this test does
+    assert ("NANOCHAT_BASE_DIR=~/.cache/nanochat-cpu NANOCHAT_DATASET=synthetic python -m scripts.chat_cli -i sft"
+            in (ROOT / "README.md").read_text())
     monkeypatch.setenv("HOME", str(cpu_run))
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(cpu_run / ".cache" / "nanochat-cpu"))
     monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
