@@ -5,8 +5,17 @@ logs a section (its flags and metrics) as a small markdown file under $NANOCHAT_
 with the same data as JSON beside it (plus the stage's curves). `python -m nanochat.report generate`
 joins the sections, in pipeline order, into report.md, ends it with a summary (a table of every
 task's accuracy per stage with chance beside it, a line per stage saying what it changed, wall
-time, an estimated GPU cost), draws the curves as PNG files
-next to report.md, and copies report.md to the current folder.
+time, an estimated GPU cost), draws the curves as PNG files (accuracies with their chance
+level) next to report.md, and copies report.md to the current folder.
+
+Numbers measured on the offline twins (NANOCHAT_DATASET=synthetic) are labelled as such: they
+show what each stage does, and are not comparable with the real benchmarks' published scores.
+
+A stage run again after its section was logged (a later `chat_eval -i sft -a ARC-Easy`, say)
+never replaces the pipeline's section silently: an evaluation gets a section of its own beside
+it, kept out of the summary; a training stage replaces its section (its new model replaced the
+old one) and the section says so. Wall time is the time spent in stages, from each stage's
+start to its section, so idle time between runs does not count.
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ import sys
 import time
 from typing import Any
 
-from nanochat.common import atomic_write, get_base_dir, get_dist_info
+from nanochat.common import NanochatError, atomic_write, found_elsewhere, get_base_dir, get_dist_info, run_main
+
+# when this process started its stage, near enough: every script imports this module at its top
+PROCESS_STARTED = time.time()
 
 # pipeline order; sections not listed here come after, alphabetically
 SECTION_ORDER = [
@@ -60,6 +72,17 @@ CHANCE = {"CORE": 0.0, "ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "G
 CORE_SOURCES = [("base-model-evaluation", "CORE metric"), ("base-model-training", "core_metric")]
 # a change smaller than this between two stages is reported as no change
 NOTABLE_CHANGE = 0.02
+# a stage whose section is logged again replaces it (its model replaced the earlier one); any
+# other section logged again (an evaluation run by hand) gets a section of its own
+TRAINING_SECTIONS = {"tokenizer-training", "base-model-training", "midtraining", "chat-sft", "chat-rl"}
+AGAIN = "-again-"  # slug of an extra run's section: <slug>-again-<n>
+OFFLINE_DATASET = "synthetic"
+RL_LOSS_NOTE = (
+    "RL's train loss is the policy-gradient surrogate −Σ (reward − group mean reward) · log p(token) over the "
+    "sampled tokens, per token. Its advantages sum to zero within each group of answers, so it is no distance "
+    "to drive to zero: it is negative whenever the better-than-average answers are already the likelier (or "
+    "shorter) ones, which is where RL pushes. Judge RL by the mean reward and pass@k, not by this number."
+)
 
 DEFAULT_GPU_HOUR_USD = 3.0
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,15 +279,27 @@ def _clean_curve(points: Any) -> list[tuple[float, float]]:
     return out
 
 
-def plot_curves(title: str, curves: dict[str, Any], path: str) -> bool:
-    """One figure, one panel per group of metrics, drawn off-screen. False when there is nothing to draw."""
+def curve_chance(name: str) -> float | None:
+    """What guessing scores on a curve's metric: X_acc is task X's accuracy, pass@k is GSM8K's, CORE is centered."""
+    if name.endswith("_acc"):
+        return CHANCE.get(name[: -len("_acc")])
+    if name.startswith("pass@") or name == "core_metric":
+        return 0.0
+    return None
+
+
+def curves_figure(title: str, curves: dict[str, Any]) -> Any:
+    """
+    A matplotlib Figure, one panel per group of metrics, with a dashed chance line on every
+    panel of accuracies; None when there is nothing to draw.
+    """
     groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for name, points in curves.items():
         clean = _clean_curve(points)
         if clean:
             groups.setdefault(_curve_group(str(name)), {})[str(name)] = clean
     if not groups:
-        return False
+        return None
     # the object API (no pyplot) renders PNGs with Agg and touches no global backend
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -279,12 +314,27 @@ def plot_curves(title: str, curves: dict[str, Any], path: str) -> bool:
         for name, points in series.items():
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o" if len(points) <= 20 else None, markersize=3, label=name)
+        chances: dict[float, list[str]] = {}
+        for name in series:
+            if (chance := curve_chance(name)) is not None:
+                chances.setdefault(chance, []).append(name)
+        for chance, names in chances.items():
+            ax.axhline(chance, color="gray", linestyle="--", linewidth=1,
+                       label=f"chance {chance:g}" + (f" ({', '.join(names)})" if len(chances) > 1 else ""))
         ax.set_xlabel("step")
         ax.set_ylabel(group if len(series) > 1 else next(iter(series)))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if len(series) > 1:
+        if len(series) > 1 or chances:
             ax.legend()
+    return fig
+
+
+def plot_curves(title: str, curves: dict[str, Any], path: str) -> bool:
+    """Draw curves_figure off-screen into a PNG at path. False when there is nothing to draw."""
+    fig = curves_figure(title, curves)
+    if fig is None:
+        return False
     tmp = f"{path}.tmp-{os.getpid()}.png"
     try:
         fig.savefig(tmp, format="png")
@@ -297,22 +347,54 @@ def plot_curves(title: str, curves: dict[str, Any], path: str) -> bool:
 
 # ---------------------------------------------------------------- the report
 
+class ReportNotFoundError(NanochatError):
+    """No report folder where one was asked for."""
+
+
+def _dataset_name() -> str:
+    from nanochat.dataset import get_dataset_name
+
+    try:
+        return get_dataset_name()
+    except ValueError:
+        return "unknown"
+
+
 class Report:
     def __init__(self, report_dir: str) -> None:
-        self.report_dir = report_dir
-        os.makedirs(report_dir, exist_ok=True)
+        self.report_dir = report_dir  # created by the first write, never by reading
 
     def _path(self, slug: str, ext: str) -> str:
         return os.path.join(self.report_dir, f"{slug}.{ext}")
+
+    def _next_again_slug(self, slug: str) -> str:
+        n = 1
+        while os.path.exists(self._path(f"{slug}{AGAIN}{n}", "md")):
+            n += 1
+        return f"{slug}{AGAIN}{n}"
 
     def log(self, section: str, data: list[Any], curves: dict[str, list] | None = None) -> str:
         """
         Write one section: a title, a timestamp, then each item (a dict becomes a bullet list).
         Beside the markdown, <slug>.json keeps the dict items merged under "data", the strings
-        under "notes", and `curves` (metric name -> [[step, value], ...]) for the plots.
+        under "notes", `curves` (metric name -> [[step, value], ...]) for the plots, when the
+        stage started, and the dataset it ran on. A section already logged in this run is not
+        silently replaced: see the module docstring.
         """
-        slug = slugify(section)
+        os.makedirs(self.report_dir, exist_ok=True)
+        slug, title = slugify(section), section
         now = datetime.datetime.now()
+        preface = ""
+        earlier = _read_json(self._path(slug, "json")) if os.path.exists(self._path(slug, "md")) else None
+        if os.path.exists(self._path(slug, "md")):
+            when = (earlier or {}).get("timestamp", "earlier").replace("T", " ")
+            if slug in TRAINING_SECTIONS:
+                preface = (f"**This section replaces the one logged at {when}**: the stage ran again and its model "
+                           "replaced that run's; sections logged before now describe the earlier model.\n\n")
+            else:
+                slug, title = self._next_again_slug(slug), f"{section} (again, {now.strftime('%Y-%m-%d %H:%M')})"
+                preface = (f"A run outside the pipeline: it has a section of its own, and the summary keeps the "
+                           f"section \"{section}\" logged at {when}.\n\n")
         merged: dict[str, Any] = {}
         notes: list[str] = []
         for item in data:
@@ -320,17 +402,19 @@ class Report:
                 merged.update({str(k): v for k, v in item.items()})
             elif item:
                 notes.append(item if isinstance(item, str) else str(item))
-        record = {"section": section, "timestamp": now.isoformat(timespec="seconds"), "time": now.timestamp(),
-                  "data": merged, "notes": notes, "curves": curves or {}}
+        record = {"section": title, "timestamp": now.isoformat(timespec="seconds"), "time": now.timestamp(),
+                  "started": min(PROCESS_STARTED, now.timestamp()), "dataset": _dataset_name(),
+                  "adhoc": AGAIN in slug, "data": merged, "notes": notes, "curves": curves or {}}
         _write_json(self._path(slug, "json"), record)
         body = "\n\n".join(_format_item(item) for item in data if item)
-        text = f"## {section}\ntimestamp: {now.strftime('%Y-%m-%d %H:%M:%S')}\n\n{body}\n\n"
+        text = f"## {title}\ntimestamp: {now.strftime('%Y-%m-%d %H:%M:%S')}\n\n{preface}{body}\n\n"
         path = self._path(slug, "md")
         _write_text(path, text)
         return path
 
     def reset(self) -> str:
         """Start a new run: drop every section, its data and plots, and write the header."""
+        os.makedirs(self.report_dir, exist_ok=True)
         for name in os.listdir(self.report_dir):
             if name.endswith((".md", ".json", ".png")):
                 os.remove(os.path.join(self.report_dir, name))
@@ -353,10 +437,15 @@ class Report:
         return path
 
     def _sections(self) -> list[str]:
+        """Section slugs in pipeline order, each extra run's section right after the one it repeats."""
         names = [n[:-3] for n in os.listdir(self.report_dir) if n.endswith(".md") and n != "report.md"]
         rank = {name: i for i, name in enumerate(SECTION_ORDER)}
-        names.sort(key=lambda n: (rank.get(n, len(rank)), n))
-        return names
+
+        def order(name: str) -> tuple:
+            base, _, again = name.partition(AGAIN)
+            return rank.get(base, len(rank)), base, int(again) if again.isdigit() else 0
+
+        return sorted(names, key=order)
 
     def _summary_table(self, records: dict[str, dict]) -> str:
         present = [stage for stage, slugs in STAGES.items() if any(s in records for s in slugs)]
@@ -369,11 +458,26 @@ class Report:
         def cell(value: Any) -> str:
             return f"{value:.4f}" if _is_number(value) else "-"
 
+        twins = _twin_values(records)
         lines = ["| Metric | Chance | " + " | ".join(columns) + " |", "| --- |" + " --- |" * (len(columns) + 1)]
-        lines += [f"| {m} | {cell(CHANCE[m])} | " + " | ".join(cell(values[c].get(m)) for c in columns) + " |"
-                  for m in SUMMARY_METRICS]
-        sentences = _stage_sentences(records, values, columns)
-        return "\n".join(lines) + "\n\n" + "".join(f"- {sentence}\n" for sentence in sentences)
+        for m in SUMMARY_METRICS:
+            shown = [c for c in columns if _is_number(values[c].get(m))]
+            on_twin = [c for c in shown if (c, m) in twins]
+            label = m
+            if on_twin:  # the whole row, or the cells marked †, come from the offline twins
+                label += " (offline twin bundle)" if m == "CORE" else " (offline twins)" if m == "ChatCORE" else " (offline twin)"
+            marks = {c: "†" if on_twin and len(on_twin) < len(shown) and c in on_twin else "" for c in columns}
+            lines.append(f"| {label} | {cell(CHANCE[m])} | " + " | ".join(cell(values[c].get(m)) + marks[c] for c in columns) + " |")
+        sentences = _stage_sentences(records, values, columns, twins)
+        notes = []
+        if twins:
+            notes.append("Numbers marked offline twin were measured on the offline twins (NANOCHAT_DATASET=synthetic): "
+                         "templated stand-ins for the benchmarks, with the same format and chance level, that a tiny "
+                         "model can learn. They show what each stage changes; they are not comparable with the real "
+                         "benchmarks' published scores (GPT-2's CORE, say)" +
+                         (" († marks the twin cells of a mixed row)." if any("†" in line for line in lines) else "."))
+        return ("\n".join(lines) + "\n\n" + "".join(f"- {sentence}\n" for sentence in sentences)
+                + "".join(f"\n{note}\n" for note in notes))
 
     def generate(self, copy_to: str | None = ".") -> str:
         """
@@ -381,6 +485,9 @@ class Report:
         curves and a closing summary, and copy it to copy_to (its image links adjusted to point
         back at the PNGs here). Returns the path of report.md.
         """
+        if not os.path.isdir(self.report_dir):
+            raise ReportNotFoundError(f"no report in {self.report_dir}: the stages write it as they finish "
+                                      f"(`python -m nanochat.report reset` starts one){found_elsewhere('report')}")
         names = self._sections()
         records: dict[str, dict] = {}
         for name in names:
@@ -388,6 +495,7 @@ class Report:
             if record is not None:
                 records[name] = record
         header = records.get("header") or {}
+        pipeline = {name: r for name, r in records.items() if AGAIN not in name}  # the summary's sections
         plots: list[str] = []
         plot_error = None
         parts = ["# nanochat training report\n\n",
@@ -406,16 +514,27 @@ class Report:
                 if drawn:
                     plots.append(png)
                     parts.append(f"![{records[name].get('section', name)} curves]({os.path.basename(png)})\n\n")
+            if name.startswith("chat-rl") and _goes_negative((records.get(name) or {}).get("curves"), "train_loss"):
+                parts.append(RL_LOSS_NOTE + "\n\n")
 
         # ---- summary: every task's accuracy per stage beside chance, and what each stage changed ----
         parts.append("## Summary\n\n")
-        parts.append(self._summary_table(records) + "\n")
+        parts.append(self._summary_table(pipeline) + "\n")
+        adhoc = [r.get("section", n) for n, r in records.items() if AGAIN in n]
+        if adhoc:
+            parts.append(f"- Runs outside the pipeline, in sections of their own and not in the table: {', '.join(adhoc)}\n")
+        stage_seconds, timed = _stage_time(pipeline)
         start = header.get("start_time")
-        ends = [r["time"] for n, r in records.items() if n != "header" and _is_number(r.get("time"))]
-        if _is_number(start):
-            end = max(ends) if ends else time.time()
-            hours = max(0.0, end - start) / 3600
+        ends = [r["time"] for n, r in pipeline.items() if n != "header" and _is_number(r.get("time"))]
+        hours = None
+        if timed:
+            hours = stage_seconds / 3600
+            parts.append(f"- Total wall time: {format_duration(stage_seconds)} (the time spent in {timed} logged "
+                         "stage(s), each from its start to its section; idle time between them is not counted)\n")
+        elif _is_number(start):  # sections from before stages recorded their start
+            hours = max(0.0, (max(ends) if ends else time.time()) - start) / 3600
             parts.append(f"- Total wall time: {format_duration(hours * 3600)} (from `reset` to the last logged section)\n")
+        if hours is not None:
             num_gpus = (header.get("hardware") or {}).get("gpu_count") or 0
             if num_gpus:
                 price, note = DEFAULT_GPU_HOUR_USD, ""
@@ -450,6 +569,48 @@ class Report:
                 copy = copy.replace(f"]({base})", f"]({target.replace(os.sep, '/')})")
             _write_text(os.path.join(copy_to, "report.md"), copy)
         return out
+
+
+def _goes_negative(curves: Any, name: str) -> bool:
+    return isinstance(curves, dict) and any(v < 0 for _, v in _clean_curve(curves.get(name)))
+
+
+def _stage_time(records: dict[str, dict]) -> tuple[float, int]:
+    """
+    (seconds, stages): the length of the union of the stages' [start, section logged] intervals,
+    so time between stages, and time two sections of one process share, count once or not at all.
+    """
+    spans = sorted((r["started"], r["time"]) for n, r in records.items()
+                   if n != "header" and _is_number(r.get("started")) and _is_number(r.get("time")))
+    total, reach = 0.0, -math.inf
+    for start, end in spans:
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total, len(spans)
+
+
+def _is_twin(record: dict | None) -> bool:
+    """Whether a section's numbers came from the offline twins (its dataset, or the twin CORE bundle)."""
+    if not record:
+        return False
+    from nanochat.core_eval import OFFLINE_BUNDLE_DIR_NAME
+
+    bundle = str((record.get("data") or {}).get("bundle", ""))
+    return record.get("dataset") == OFFLINE_DATASET or os.path.basename(bundle.rstrip("/\\")) == OFFLINE_BUNDLE_DIR_NAME
+
+
+def _twin_values(records: dict[str, dict]) -> set[tuple[str, str]]:
+    """The (stage, metric) cells of the summary whose numbers were measured on the offline twins."""
+    twins = set()
+    core_source = next((s for s, k in CORE_SOURCES if _is_number(_data(records, s).get(k))), None)
+    if core_source is not None and _is_twin(records.get(core_source)):
+        twins.add(("BASE", "CORE"))
+    for stage in STAGES:
+        record = records.get(f"chat-evaluation-{stage.lower()}")
+        if _is_twin(record):
+            twins.update((stage, m) for m in CHAT_METRICS if _is_number(_data(records, f"chat-evaluation-{stage.lower()}").get(m)))
+    return twins
 
 
 def _data(records: dict[str, dict], slug: str) -> dict:
@@ -490,7 +651,8 @@ def _changes(before: dict[str, float], after: dict[str, float]) -> str:
     return ", ".join(parts) if parts else f"no task moved by {NOTABLE_CHANGE} or more"
 
 
-def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float]], columns: list[str]) -> list[str]:
+def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float]], columns: list[str],
+                     twins: set[tuple[str, str]] = frozenset()) -> list[str]:
     """One line per stage in the table: what it reached (the first chat stage) or changed (the later ones)."""
     sentences = []
     previous: tuple[str, dict[str, float]] | None = None
@@ -503,14 +665,16 @@ def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float
             tasks = _core_tasks(records)
             above = [f"{label} {acc:.2f}" for label, (acc, centered) in tasks.items() if centered > 0]
             detail = f"; {len(above)} of {len(tasks)} CORE tasks above chance ({', '.join(above)})" if tasks else ""
-            sentences.append(f"BASE: pretraining gives CORE {here['CORE']:.4f} (0 is chance){detail}.")
+            where = " on the offline twin bundle" if ("BASE", "CORE") in twins else ""
+            sentences.append(f"BASE: pretraining gives CORE {here['CORE']:.4f}{where} (0 is chance){detail}.")
             continue
         chat = {m: v for m, v in here.items() if m in CHAT_METRICS}
         if not chat:
             sentences.append(f"{stage}: not evaluated.")
         elif previous is None:
             reached = [f"{m} {v:.2f} (chance {CHANCE[m]:.2f})" for m, v in chat.items() if m != "ChatCORE"]
-            sentences.append(f"{stage}: the first chat model scores {', '.join(reached)}.")
+            where = " on the offline twins" if any((stage, m) in twins for m in chat) else ""
+            sentences.append(f"{stage}: the first chat model scores{where} {', '.join(reached)}.")
         else:
             sentences.append(f"{stage}: against {previous[0]}, {_changes(previous[1], chat)}.")
         if chat:
@@ -536,10 +700,12 @@ def get_report() -> Report | DummyReport:
     return Report(os.path.join(get_base_dir(), "report"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Reset or generate the training report.")
-    parser.add_argument("command", choices=["reset", "generate"])
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Reset or generate the training report.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("command", choices=["reset", "generate"],
+                        help="reset: start a new run's report (drops the sections); generate: write report.md")
+    args = parser.parse_args(argv)
     report = Report(os.path.join(get_base_dir(), "report"))
     if args.command == "reset":
         report.reset()
@@ -553,4 +719,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,6 +11,7 @@ import importlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -227,3 +228,28 @@ def test_reading_a_missing_base_dir_creates_nothing(tmp_path, monkeypatch):
             run_main(lambda: importlib.import_module(f"scripts.{name}").main(argv))
     assert not (tmp_path / "no").exists()
     assert not (tmp_path / ".cache").exists()
+
+
+def test_an_evaluation_by_hand_after_the_run_keeps_the_speedrun_s_report(cpu_run, tmp_path, monkeypatch):
+    """The issue's case: `chat_eval -i sft -a ARC-Easy --max_problems=20` after the pipeline's full evaluation."""
+    from nanochat.report import get_report
+
+    home = tmp_path / "home"
+    shutil.copytree(cpu_run, home)  # a run of its own: the module's layout stays as it was
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(home / ".cache" / "nanochat-cpu"))
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    monkeypatch.chdir(tmp_path)
+    chat_eval = importlib.import_module("scripts.chat_eval")
+    get_report().reset()
+    pipeline = chat_eval.main(["-i", "sft", "--max_problems=2", "--max_new_tokens=8", "--device_type=cpu"])
+    report_dir = home / ".cache" / "nanochat-cpu" / "report"
+    first = (report_dir / "chat-evaluation-sft.md").read_text()
+    chat_eval.main(["-i", "sft", "-a", "ARC-Easy", "--max_problems=2", "--device_type=cpu"])
+    assert (report_dir / "chat-evaluation-sft.md").read_text() == first
+    assert (report_dir / "chat-evaluation-sft-again-1.md").exists()
+    text = Path(get_report().generate(copy_to=str(tmp_path))).read_text()
+    summary = text.split("## Summary", 1)[1]
+    row = next(line for line in summary.splitlines() if line.startswith("| ChatCORE"))
+    assert row.startswith("| ChatCORE (offline twins) |")  # twin numbers say so
+    assert f"{pipeline['ChatCORE']:.4f}" in row  # the SFT column is the full evaluation's, not the ARC-Easy run's

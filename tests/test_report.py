@@ -53,6 +53,7 @@ def log_pipeline(report: Report) -> None:
 
 def test_header_has_versions_git_and_dataset(base_dir):
     report = Report(str(base_dir / "report"))
+    (base_dir / "report").mkdir()  # a folder an earlier run left
     (base_dir / "report" / "stale.md").write_text("## Stale\n")
     (base_dir / "report" / "stale.png").write_bytes(b"x")
     shard_dir = base_dir / "base_data"
@@ -139,7 +140,7 @@ def test_table_drops_stages_after_the_last_one_that_ran(base_dir, tmp_path):
     text = Path(report.generate(copy_to=str(tmp_path))).read_text()
     table = parse_table(text)
     assert table["CORE"] == {"Chance": "0.0000", "BASE": "0.5000"} and table["ChatCORE"] == {"Chance": "0.0000", "BASE": "-"}
-    assert "Total wall time: unknown" in text  # never reset: no start time
+    assert "Total wall time: 00:" in text and "1 logged stage(s)" in text  # never reset: the stage's own time counts
 
 
 def stage_lines(markdown: str) -> dict[str, str]:
@@ -178,9 +179,13 @@ def test_estimated_cost_on_gpus(base_dir, tmp_path, monkeypatch):
     header_path = base_dir / "report" / "header.json"
     header = json.loads(header_path.read_text())
     header["hardware"]["gpu_count"] = 8
-    header["start_time"] -= 2 * 3600  # started two hours before this section
+    header["start_time"] -= 5 * 3600  # reset five hours ago, three of them idle
     header_path.write_text(json.dumps(header))
     report.log("Chat RL", [{"steps": 1}])
+    record_path = base_dir / "report" / "chat-rl.json"
+    record = json.loads(record_path.read_text())
+    record["started"] = record["time"] - 2 * 3600  # the stage itself ran for two hours
+    record_path.write_text(json.dumps(record))
     monkeypatch.setenv("NANOCHAT_GPU_HOUR_USD", "2.5")
     text = Path(report.generate(copy_to=str(tmp_path))).read_text()
     assert re.search(r"Total wall time: 02:00:0\d", text)
@@ -225,3 +230,124 @@ def test_steplog_tracks_the_smoothed_loss_curve():
     curve = log.history("train_loss")
     assert [s for s, _ in curve] == [0, 1, 2] and curve[0][1] == pytest.approx(4.0)
     assert curve[-1][1] == pytest.approx(log.smooth_loss)
+
+
+# ---- twins labelled, chance lines, RL's loss explained, runs outside the pipeline, stage time ----
+
+
+def test_numbers_from_the_offline_twins_are_labelled_as_twins(base_dir, tmp_path, monkeypatch):
+    report = Report(str(base_dir / "report"))
+    report.log("Base model evaluation", [{"bundle": str(base_dir / "eval_bundle"), "CORE metric": 0.21}])  # real
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    report.log("Chat evaluation sft", [{"source": "sft"}, dict(SFT_ACC)])
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    table = parse_table(text)
+    assert "CORE" in table  # measured on the real bundle: no label
+    assert table["GSM8K (offline twin)"]["SFT"] == "0.0500" and table["ChatCORE (offline twins)"]["SFT"] == "0.1235"
+    assert "not comparable with the real benchmarks' published scores" in text
+    assert stage_lines(text)["SFT"].startswith("the first chat model scores on the offline twins ARC-Easy 0.41")
+    # CORE from the twin bundle, even with the real dataset set, is labelled too
+    monkeypatch.delenv("NANOCHAT_DATASET")
+    report = Report(str(base_dir / "another-run"))
+    report.log("Base model evaluation", [{"bundle": str(base_dir / "eval_bundle_synthetic"), "CORE metric": 0.35}])
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    assert parse_table(text)["CORE (offline twin bundle)"]["BASE"] == "0.3500"
+    assert stage_lines(text)["BASE"] == "pretraining gives CORE 0.3500 on the offline twin bundle (0 is chance)."
+
+
+def test_a_mixed_row_marks_its_twin_cells(base_dir, tmp_path, monkeypatch):
+    report = Report(str(base_dir / "report"))
+    report.log("Chat evaluation mid", [{"source": "mid"}, {"GSM8K": 0.1, "ChatCORE": 0.1}])  # real rows
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    report.log("Chat evaluation sft", [{"source": "sft"}, {"GSM8K": 0.3, "ChatCORE": 0.3}])
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    assert parse_table(text)["GSM8K (offline twin)"] == {"Chance": "0.0000", "BASE": "-", "MID": "0.1000", "SFT": "0.3000†"}
+    assert "† marks the twin cells" in text
+
+
+def horizontal_lines(fig) -> dict[str, set[float]]:
+    """{panel's y label: y of every horizontal line drawn on it}."""
+    out = {}
+    for ax in fig.axes:
+        ys = {line.get_ydata()[0] for line in ax.get_lines() if len(set(line.get_ydata())) == 1
+              and list(line.get_xdata()) == [0, 1]}  # axhline spans the axes: x from 0 to 1
+        out[ax.get_ylabel()] = ys
+    return out
+
+
+def test_accuracy_plots_carry_a_chance_line():
+    fig = report_mod.curves_figure("Chat SFT", {"val_loss": [[0, 2.0], [4, 1.5]], "MMLU_acc": [[0, 0.3], [4, 0.4]],
+                                                "ARC-Easy_acc": [[0, 0.3], [4, 0.5]]})
+    assert horizontal_lines(fig) == {"val_loss": set(), "accuracy": {0.25}}  # one line: both tasks are four-way
+    fig = report_mod.curves_figure("Chat RL", {"pass@1": [[0, 0.1], [3, 0.2]], "pass@8": [[0, 0.3], [3, 0.4]]})
+    assert horizontal_lines(fig) == {"pass@k": {0.0}}
+    fig = report_mod.curves_figure("Base", {"val_bpb": [[0, 3.0], [5, 2.0]], "core_metric": [[5, 0.1]]})
+    assert horizontal_lines(fig) == {"val_bpb": set(), "core_metric": {0.0}}
+
+
+def test_a_negative_rl_loss_is_explained_in_the_report(base_dir, tmp_path):
+    report = Report(str(base_dir / "report"))
+    report.log("Chat RL", [{"steps": 3}], curves={"train_loss": [[0, 0.02], [1, -0.01], [2, -0.03]]})
+    report.log("Chat evaluation rl", [{"source": "rl"}, dict(RL_ACC)])
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    rl_section = text.split("## Chat RL", 1)[1].split("## Chat evaluation rl", 1)[0]
+    assert report_mod.RL_LOSS_NOTE in rl_section
+    report.log("Chat RL", [{"steps": 3}], curves={"train_loss": [[0, 0.5], [1, 0.4]]})  # never negative: no note
+    assert report_mod.RL_LOSS_NOTE not in Path(report.generate(copy_to=str(tmp_path))).read_text()
+
+
+def test_an_ad_hoc_evaluation_gets_its_own_section_and_leaves_the_summary_alone(base_dir, tmp_path):
+    report = Report(str(base_dir / "report"))
+    report.reset()
+    log_pipeline(report)
+    before = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    pipeline_section = (base_dir / "report" / "chat-evaluation-sft.md").read_text()
+    # later, by hand: chat_eval -i sft -a ARC-Easy --max_problems=20
+    path = report.log("Chat evaluation sft", [{"source": "sft", "max_problems": 20}, {"ARC-Easy": 0.9, "ChatCORE": 0.87}])
+    assert path.endswith("chat-evaluation-sft-again-1.md")
+    assert (base_dir / "report" / "chat-evaluation-sft.md").read_text() == pipeline_section
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    assert parse_table(text) == parse_table(before)  # the SFT column and its ChatCORE are the pipeline's
+    titles = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    i = titles.index("Chat evaluation sft")
+    assert titles[i + 1].startswith("Chat evaluation sft (again, ")  # right after the section it repeats
+    assert "a section of its own, and the summary keeps the section \"Chat evaluation sft\"" in text
+    assert "Runs outside the pipeline, in sections of their own and not in the table: Chat evaluation sft (again" in text
+    assert report.log("Chat evaluation sft", [{"ARC-Easy": 0.8}]).endswith("chat-evaluation-sft-again-2.md")
+
+
+def test_a_training_stage_run_again_replaces_its_section_and_says_so(base_dir, tmp_path):
+    report = Report(str(base_dir / "report"))
+    report.log("Chat SFT", [{"num_iterations": 4}])
+    path = report.log("Chat SFT", [{"num_iterations": 8}])
+    assert path.endswith("chat-sft.md") and sorted(os.listdir(base_dir / "report")) == ["chat-sft.json", "chat-sft.md"]
+    text = Path(path).read_text()
+    assert "**This section replaces the one logged at " in text and "num_iterations: 8" in text
+
+
+def test_wall_time_counts_the_stages_not_the_idle_time_between(base_dir, tmp_path):
+    report = Report(str(base_dir / "report"))
+    report.reset()
+    for section in ("Base model training", "Chat SFT", "Chat evaluation sft"):
+        report.log(section, [{"x": 1}])
+    spans = {"base-model-training": (0, 3600), "chat-sft": (3600 + 7200, 3600 + 7200 + 1800),  # 2 h idle before
+             "chat-evaluation-sft": (3600 + 7200 + 1700, 3600 + 7200 + 1900)}  # overlaps SFT's end by 100 s
+    for slug, (start, end) in spans.items():
+        path = base_dir / "report" / f"{slug}.json"
+        record = json.loads(path.read_text())
+        record["started"], record["time"] = 1e9 + start, 1e9 + end
+        path.write_text(json.dumps(record))
+    report.log("Chat evaluation sft", [{"x": 2}])  # an ad-hoc run much later: not the pipeline's time
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    assert "Total wall time: 01:31:40 (the time spent in 3 logged stage(s)" in text  # 3600 + 1800 + the 100 s past SFT
+
+
+def test_generating_a_missing_report_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(report_mod.ReportNotFoundError, match="no report in"):
+        get_report().generate(copy_to=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "nanochat.report", "generate"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path / "nowhere")})
+    assert result.returncode == 1 and result.stderr.startswith("error: no report in") and "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == []
