@@ -266,11 +266,11 @@ def download_shards(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Download FineWeb-Edu pretraining shards, or write the offline twin.")
     parser.add_argument("-n", "--num_files", "--num-files", type=int, required=True,
-                        help="number of shards, at least 2 since the last is validation (-1: all FineWeb-Edu shards)")
-    parser.add_argument("-w", "--num_workers", "--num-workers", type=int, default=4, help="parallel workers")
+                        help="number of shards, at least 2 since the last is validation (-1: all FineWeb-Edu shards); required")
+    parser.add_argument("-w", "--num_workers", "--num-workers", type=int, default=4, help="parallel workers (default: 4)")
     parser.add_argument("--dataset", choices=list(_DATA_DIRS), default=None,
                         help="fineweb or synthetic (default: $NANOCHAT_DATASET, else fineweb)")
-    parser.add_argument("--base_url", default=BASE_URL, help="where the FineWeb-Edu shards are served (a mirror)")
+    parser.add_argument("--base_url", default=BASE_URL, help="where the FineWeb-Edu shards are served, for a mirror (default: the Hugging Face hub)")
     args = parser.parse_args(argv)
     try:
         dataset = args.dataset or get_dataset_name()
