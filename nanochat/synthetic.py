@@ -450,7 +450,8 @@ def make_fact(rng: random.Random) -> str:
 #
 # Each template takes 2 to 4 calculator steps, with numbers up to three digits; now and then
 # a sentence with a number that does not matter is slipped in, so the model has to read which
-# numbers the question is about rather than use them all.
+# numbers the question is about rather than use them all, and some counts are written in words,
+# which the model has to turn into digits for the calculator.
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
 
@@ -742,7 +743,20 @@ def _bus_rides(rng, p):
 
 _ARITHMETIC_TEMPLATES = [_shopping, _sharing, _ages, _travel, _collecting, _baking, _saving, _reading, _garden,
                          _school_trip, _farm_legs, _wages, _stamps, _store, _tickets, _bus_rides]
-DISTRACTOR_PROBABILITY = 0.3
+DISTRACTOR_PROBABILITY = 0.5
+WORD_NUMBER_PROBABILITY = 0.6  # of each count under 100 (not money) in a question
+
+
+def _in_words(rng: random.Random, text: str) -> str:
+    """Some counts written as words ('seven', 'forty-two'): the steps still need the digits."""
+    def maybe(m: re.Match) -> str:
+        if rng.random() >= WORD_NUMBER_PROBABILITY:
+            return m.group(0)
+        words = number_to_words(int(m.group(0)))
+        at_sentence_start = m.start() == 0 or text[: m.start()].endswith(". ")
+        return words.capitalize() if at_sentence_start else words
+
+    return re.sub(r"(?<![$\d])\d{1,2}(?!\d)", maybe, text)
 
 
 def _arithmetic_problem(rng: random.Random) -> dict:
@@ -750,7 +764,7 @@ def _arithmetic_problem(rng: random.Random) -> dict:
     facts, question, lines, answer = rng.choice(_ARITHMETIC_TEMPLATES)(rng, p)
     if rng.random() < DISTRACTOR_PROBABILITY:
         facts.insert(rng.randint(1, len(facts)), _distractor(rng, p))  # after the first sentence names the person
-    return {"question": " ".join(facts + [question]), "answer": "\n".join(lines + [f"#### {answer}"])}
+    return {"question": _in_words(rng, " ".join(facts + [question])), "answer": "\n".join(lines + [f"#### {answer}"])}
 
 
 def make_arithmetic_problem(rng: random.Random, held_out: bool = False) -> dict:
@@ -790,8 +804,9 @@ def make_spelling_drill(rng: random.Random) -> str:
             else:
                 tally.append(ch)
         verb = "is" if count == 1 else "are"
+        # the python call is the one SpellingBee's answers make: the word as it looks in quotes
         return (f"{question} Spelling it out and counting each {letter}: {'-'.join(tally)}. "
-                f"So there {verb} {count} {letter} in {word}.")
+                f"So there {verb} {count} {letter} in {word}. In Python, '{word}'.count('{letter}') is {count}.")
     word = rng.choice(WORDS)
     spelled = "-".join(word)
     if kind < 0.7:
@@ -978,16 +993,16 @@ def make_story(rng: random.Random) -> str:
 def _make_item(rng: random.Random) -> str:
     """One paragraph: word problems, spelling drills, facts, quizzes, functions, stories."""
     r = rng.random()
-    if r < 0.32:
+    if r < 0.22:
         problem = make_arithmetic_problem(rng)
         return f"Question: {problem['question']}\nAnswer: {problem['answer']}"
-    if r < 0.44:
+    if r < 0.42:
         return make_spelling_drill(rng)
     if r < 0.64:
         return " ".join(make_fact(rng) for _ in range(rng.randint(2, 5)))
-    if r < 0.78:
+    if r < 0.74:
         return make_quiz(rng)
-    if r < 0.88:
+    if r < 0.86:
         return make_code_snippet(rng)
     return make_story(rng)
 

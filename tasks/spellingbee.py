@@ -124,8 +124,12 @@ class SpellingBee(_GeneratedTask):
     def _question(self, rng: random.Random) -> tuple[str, str, str]:
         """(question, word, letter)"""
         word = rng.choice(self.words)
-        # usually a letter of the word; sometimes any letter, which may be absent (count 0)
-        letter = rng.choice(word) if rng.random() < 0.85 else rng.choice(string.ascii_lowercase)
+        # the count first, each count the word offers equally likely, then a letter with that count:
+        # drawing the letter from the word would make "1" right most of the time, whatever the word
+        by_count: dict[int, list[str]] = {}
+        for ch in string.ascii_lowercase:
+            by_count.setdefault(word.count(ch), []).append(ch)
+        letter = rng.choice(by_count[rng.choice(sorted(by_count))])
         template = rng.choice(_TEMPLATES[rng.choice(_LANGUAGES)])
         # "{l}s" and "{l}'s" read badly with quotes around the letter
         shown_letter = letter if ("{l}s" in template or "{l}'" in template) else _quoted(rng, letter)

@@ -112,7 +112,8 @@ ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 
 def test_arithmetic_in_gsm8k_format():
     rng = random.Random(0)
-    num_steps, distracted = [], 0
+    num_steps, distracted, in_words = [], 0, 0
+    number_words = re.compile(r"\b(" + "|".join(number_to_words(n) for n in range(100)) + r")\b", re.IGNORECASE)
     for i in range(3000):
         problem = make_arithmetic_problem(rng, held_out=i % 5 == 0)
         assert set(problem) == {"question", "answer"}
@@ -135,12 +136,13 @@ def test_arithmetic_in_gsm8k_format():
         assert int(final.group(1)) == results[-1], problem
         num_steps.append(len(steps))
         numbers = [int(n) for n in re.findall(r"\d+", problem["question"])]
-        assert max(numbers) < 1000  # numbers up to three digits
+        assert max(numbers, default=0) < 1000  # numbers up to three digits
+        in_words += bool(number_words.search(problem["question"]))  # a count the steps need as digits
         # a number that no step uses is a distracting detail (numbers spelled in the steps count as used)
         used = set(re.findall(r"\d+", problem["answer"]))
         distracted += any(str(n) not in used for n in numbers)
     assert set(num_steps) <= {2, 3, 4} and {2, 3, 4} <= set(num_steps)  # 2 to 4 calculator steps
-    assert 0.15 < distracted / 3000 < 0.6
+    assert 0.15 < distracted / 3000 < 0.7 and in_words > 0.4 * 3000
 
 
 def test_generators_are_deterministic():
@@ -264,8 +266,10 @@ def test_spelling_drills_are_correct():
     kinds = set()
     for _ in range(2000):
         drill = make_spelling_drill(rng)
-        if m := re.search(r"counting each (\w): ([a-z()\d-]+)\. So there (is|are) (\d+) (\w) in (\w+)\.$", drill):
-            letter, tally, verb, n, letter2, word = m.groups()
+        if m := re.search(r"counting each (\w): ([a-z()\d-]+)\. So there (is|are) (\d+) (\w) in (\w+)\. "
+                          r"In Python, '(\w+)'\.count\('(\w)'\) is (\d+)\.$", drill):
+            letter, tally, verb, n, letter2, word, word3, letter3, n3 = m.groups()
+            assert (word3, letter3, n3) == (word, letter, n)
             assert letter == letter2 and letter in drill.split("?")[0].split(".")[0]
             assert re.sub(r"\(\d+\)", "", tally).replace("-", "") == word
             assert int(n) == word.count(letter)
