@@ -122,19 +122,20 @@ else
         --total_batch_size=4096 --num_iterations=120 --eval_every=40 --eval_tokens=32768 --sample_every=-1 \
         --core_metric_every=-1 --save_every=40 $(resume_flag "$CK/base_checkpoints/d4")
     stage base_loss python -m scripts.base_loss --device_batch_size=16 --split_tokens=32768
-    stage base_eval python -m scripts.base_eval --max_per_task=50
+    stage base_eval python -m scripts.base_eval --max_per_task=100
     stage mid_train python -m scripts.mid_train --device_batch_size=16 --total_batch_size=4096 --num_iterations=100 \
-        --eval_every=50 --eval_tokens=16384 --spelling_size=4000 --save_every=50 $(resume_flag "$CK/mid_checkpoints/d4")
-    EVAL="--max_problems=100 --max_new_tokens=160 --batch_size=16"
+        --eval_every=50 --eval_tokens=16384 --spelling_size=1000 --save_every=50 $(resume_flag "$CK/mid_checkpoints/d4")
+    # 200 held-out problems a task (HumanEval's twin has 40), greedy
+    EVAL="--max_problems=200 --max_new_tokens=160 --batch_size=16"
     stage chat_eval_mid python -m scripts.chat_eval -i mid $EVAL
     stage chat_sft python -m scripts.chat_sft --device_batch_size=8 --target_examples_per_step=32 \
-        --num_iterations=60 --init_lr_frac=0.1 --smoltalk_size=2000 --spelling_size=500 --eval_every=30 \
+        --num_iterations=60 --init_lr_frac=0.1 --smoltalk_size=2000 --spelling_size=1000 --eval_every=30 \
         --eval_steps=8 --eval_metrics_every=60 --eval_metrics_max_problems=128 --save_every=30 \
         $(resume_flag "$CK/chatsft_checkpoints/d4")
     stage chat_eval_sft python -m scripts.chat_eval -i sft $EVAL
     stage chat_rl python -m scripts.chat_rl --num_samples=8 --device_batch_size=8 --examples_per_step=4 \
-        --max_new_tokens=128 --num_iterations=30 --init_lr_frac=0.05 --eval_every=15 --eval_examples=48 \
-        --save_every=15 $(resume_flag "$CK/chatrl_checkpoints/d4")
+        --max_new_tokens=128 --num_iterations=60 --init_lr_frac=0.05 --eval_every=30 --eval_examples=32 \
+        --save_every=30 $(resume_flag "$CK/chatrl_checkpoints/d4")
     stage chat_eval_rl python -m scripts.chat_eval -i rl -a GSM8K $EVAL
 fi
 

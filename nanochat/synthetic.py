@@ -489,17 +489,15 @@ _FARM = [("chicken", "chickens"), ("cow", "cows"), ("duck", "ducks"), ("horse", 
          ("ant", "ants"), ("dog", "dogs"), ("beetle", "beetles")]
 
 
-def _distractor(rng: random.Random, p: Person) -> str:
-    """A sentence with a number that has nothing to do with the question."""
-    return rng.choice([
-        f"{p.name} has {plural(rng.randint(2, 9), 'cousin', 'cousins')}.",
-        f"{p.his.capitalize()} house is {rng.randint(2, 900)} meters from the school.",
-        f"It is {rng.randint(2, 35)} degrees outside.",
-        f"{p.name} is {rng.randint(7, 60)} years old.",
-        f"The shop opened {rng.randint(2, 99)} years ago.",
-        f"{p.he.capitalize()} has {plural(rng.randint(2, 6), 'pet fish', 'pet fish')} at home.",
-        f"The bus ride takes {rng.randint(5, 55)} minutes.",
-    ])
+def _distractor(rng: random.Random, p: Person, about_p: bool) -> str:
+    """A sentence with a number that has nothing to do with the question (about p when the problem is)."""
+    generic = [f"It is {rng.randint(2, 35)} degrees outside.", f"The shop opened {rng.randint(2, 99)} years ago.",
+               f"The bus ride takes {rng.randint(5, 55)} minutes."]
+    personal = [f"{p.name} has {plural(rng.randint(2, 9), 'cousin', 'cousins')}.",
+                f"{p.his.capitalize()} house is {rng.randint(2, 900)} meters from the school.",
+                f"{p.name} is {rng.randint(7, 60)} years old.",
+                f"{p.he.capitalize()} has {plural(rng.randint(2, 6), 'pet fish', 'pet fish')} at home."]
+    return rng.choice(generic + personal if about_p else generic)
 
 
 def _shopping(rng, p):
@@ -763,7 +761,8 @@ def _arithmetic_problem(rng: random.Random) -> dict:
     p = make_person(rng)
     facts, question, lines, answer = rng.choice(_ARITHMETIC_TEMPLATES)(rng, p)
     if rng.random() < DISTRACTOR_PROBABILITY:
-        facts.insert(rng.randint(1, len(facts)), _distractor(rng, p))  # after the first sentence names the person
+        about_p = p.name in facts[0]  # only then may "he" or "his" in a detail refer to someone
+        facts.insert(rng.randint(1, len(facts)), _distractor(rng, p, about_p))  # after the first sentence
     return {"question": _in_words(rng, " ".join(facts + [question])), "answer": "\n".join(lines + [f"#### {answer}"])}
 
 
