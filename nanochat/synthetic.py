@@ -742,7 +742,7 @@ def _bus_rides(rng, p):
 _ARITHMETIC_TEMPLATES = [_shopping, _sharing, _ages, _travel, _collecting, _baking, _saving, _reading, _garden,
                          _school_trip, _farm_legs, _wages, _stamps, _store, _tickets, _bus_rides]
 DISTRACTOR_PROBABILITY = 0.5
-WORD_NUMBER_PROBABILITY = 0.6  # of each count under 100 (not money) in a question
+WORD_NUMBER_PROBABILITY = 0.75  # of each count under 100 (not money) in a question
 
 
 def _in_words(rng: random.Random, text: str) -> str:
