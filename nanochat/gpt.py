@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanochat.common import get_dist_info
+from nanochat.head_loss import chunked_head_loss
 
 LOGIT_SOFTCAP = 15.0
 ROTARY_BASE = 10000
@@ -182,6 +183,8 @@ class GPT(nn.Module):
             }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # the loss in chunks of rows, never the full logits (False: the plain expression, for benchmarks)
+        self.chunked_loss = True
         # rotary tables cover 10x the training length so generation can run past it
         self.rotary_seq_len = config.sequence_len * 10
         head_dim = config.n_embd // config.n_head
@@ -264,6 +267,11 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
         x = norm(x)
+        if targets is not None and self.chunked_loss and not torch.compiler.is_compiling():
+            # the loss without the (B·T, vocab) fp32 logits (see nanochat.head_loss); under
+            # torch.compile the plain expression below is kept, which Inductor fuses itself
+            return chunked_head_loss(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), LOGIT_SOFTCAP,
+                                     loss_reduction)
         logits = self.lm_head(x).float()
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:

@@ -6,17 +6,20 @@ The estimate is a formula, per device (rank), in bytes:
 
     params + grads       8·P                              fp32 weights and fp32 gradients (replicated)
     optimizer state      (8·P_adam + 4·P_muon) / world    AdamW's two moments, Muon's momentum (sharded)
-    activations          B·T·(a·L·C + v·V)                what forward saves for backward, plus the
-                                                          head's backward transients
+    activations          B·T·a·L·C + R·v·V                what forward saves for backward, plus the
+                                                          head's transients
     optimizer transients 8·P_adam                         DistAdamW's padded flat copies (embedding, head)
 
 with P parameters (P_adam: embedding and head, P_muon: the blocks' matrices), B the device
-batch, T the sequence length, L layers, C = n_embd and V the vocabulary. The per-token
+batch, T the sequence length, L layers, C = n_embd and V the vocabulary. R is the number of
+rows expanded to the vocabulary at once: eager steps compute the loss in chunks of rows
+(nanochat.head_loss), so R = min(B·T, the chunk's rows); a compiled step keeps the plain
+expression (Inductor fuses it), so R = B·T. The per-token
 coefficients a (bytes per layer per channel) and v (bytes per vocabulary entry) depend on how
 the step runs:
 
-    eager fp32        a = 88, v = 16   measured on CPU (tests hold the formula to measurements)
-    eager bf16        a = 56, v = 16   measured on CPU with bf16 autocast
+    eager fp32        a = 92, v = 14   measured on CPU (tests hold the formula to measurements)
+    eager bf16        a = 60, v = 15   measured on CPU with bf16 autocast
     compiled bf16     a = 22, v = 8    torch.compile saves ~11 bf16 tensors of width C per layer
                                        and fuses soft-cap + cross-entropy; calibrated to nanochat's
                                        published d20 figure (~75 GB at B=32, T=2048), which this
@@ -24,8 +27,14 @@ the step runs:
                                        measured peak so a GPU run can check it.
 
 Eager fp32 saves ~22 fp32 tensors of width C per layer (the residual, both norms, q/k/v before and
-after rotary and QK norm, attention output, the MLP's 4C hidden twice) and 8 bytes per vocab entry
-(the soft-capped logits and the log-softmax), and its backward adds ~8 more per vocab entry.
+after rotary and QK norm, attention output, the MLP's 4C hidden twice). The eager coefficients were
+re-fitted (from a = 88/56, v = 16 with the plain loss) when the loss became chunked: the plain loss
+kept 8 bytes per vocab entry of every row for the backward (the soft-capped logits and the
+log-softmax) and its backward added ~8 more; the chunked loss keeps none, and at most three fp32
+(rows, V) tensors of one chunk live while it runs. Fitted to the peaks measured on the shapes of
+tests/test_gpu_path.py plus d4 (vocab 8192, batch 8×512, 8 chunks), the estimate is 1.05–1.20× the
+measured peak in fp32 and 0.98–1.28× in bf16; at d4 the measured peak fell from 0.95 GB (plain
+loss) to 0.49 GB.
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ from torch.utils._pytree import tree_flatten
 
 from nanochat.common import NanochatError, print0
 from nanochat.gpt import GPTConfig
+from nanochat.head_loss import default_chunk_rows
 
 # (a, v): bytes per token per layer per channel, and per token per vocabulary entry
-COEFFICIENTS = {("eager", torch.float32): (88, 16), ("eager", torch.bfloat16): (56, 16),
+COEFFICIENTS = {("eager", torch.float32): (92, 14), ("eager", torch.bfloat16): (60, 15),
                 ("compiled", torch.bfloat16): (22, 8), ("compiled", torch.float32): (88, 16)}
 GIB = 2**30
 
@@ -77,10 +87,11 @@ def estimate_peak_memory(config: GPTConfig, device_batch_size: int, seq_len: int
     p_adam, p_muon = parameter_counts(config)
     a, v = COEFFICIENTS[("compiled" if compiled else "eager", dtype)]
     tokens = device_batch_size * seq_len
+    vocab_rows = tokens if compiled else min(tokens, default_chunk_rows(config.vocab_size))
     return MemoryEstimate(
         params_and_grads=8 * (p_adam + p_muon),
         optimizer_state=(8 * p_adam + 4 * p_muon) // world_size,
-        activations=tokens * (config.n_layer * a * config.n_embd + v * config.vocab_size),
+        activations=tokens * config.n_layer * a * config.n_embd + vocab_rows * v * config.vocab_size,
         optimizer_transients=8 * p_adam,
     )
 

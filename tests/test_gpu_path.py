@@ -289,7 +289,7 @@ def _measured_peak(config: GPTConfig, B: int, T: int, dtype: torch.dtype) -> int
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("L,C,V,B,T", [(2, 128, 512, 8, 128), (4, 128, 1024, 8, 128), (2, 256, 2048, 4, 128),
-                                       (1, 64, 512, 4, 64)])
+                                       (1, 64, 512, 4, 64), (1, 64, 8192, 4, 256)])  # the last: 2 loss chunks
 def test_memory_formula_matches_measured_peaks(L, C, V, B, T, dtype):
     config = GPTConfig(sequence_len=T, vocab_size=V, n_layer=L, n_head=C // 64, n_kv_head=C // 64, n_embd=C)
     measured = _measured_peak(config, B, T, dtype)
