@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 import torch
 
 from nanochat.calculator import use_calculator
+from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, KVCache, sample_next_token
+
+# A reply ends at the end of the assistant's turn, at a new document (the tokenizer's BOS), and
+# also where the model starts writing another turn (the user's, or a second assistant's): what
+# follows is not its reply. RL rollouts, evaluations and the chat UI all stop on this one set.
+STOP_TOKENS = ("<|assistant_end|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>")
+
+
+class ContextFullError(NanochatError, ValueError):
+    """The prompt leaves no room for a reply in the model's context."""
 
 
 @dataclass
@@ -34,7 +44,7 @@ class Engine:
         special = tokenizer.encode_special
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
-        self.stop_tokens = {special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
+        self.stop_tokens = {tokenizer.get_bos_token_id(), *(special(name) for name in STOP_TOKENS)}
 
     def _new_cache(self, batch_size: int, seq_len: int) -> KVCache:
         cfg = self.model.config
@@ -72,9 +82,9 @@ class Engine:
         device = self.model.get_device()
         rng = torch.Generator(device=device)
         rng.manual_seed(seed)
-        limit = self.model.cos.size(1) - len(tokens)  # the rotary tables bound the context
+        limit = self.model.max_context - len(tokens)
         if limit <= 0:
-            raise ValueError(f"prompt of {len(tokens)} tokens leaves no room in the model's context")
+            raise ContextFullError(f"prompt of {len(tokens)} tokens leaves no room in the model's context")
         max_tokens = limit if max_tokens is None else min(max_tokens, limit)
 
         prefill_cache = self._new_cache(1, len(tokens))

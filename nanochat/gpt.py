@@ -217,6 +217,11 @@ class GPT(nn.Module):
     def get_device(self) -> torch.device:
         return self.transformer.wte.weight.device
 
+    @property
+    def max_context(self) -> int:
+        """The most positions one sequence can reach (prompt and generation): the rotary tables' length."""
+        return self.cos.size(1)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -254,8 +259,8 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) in fp32, or the cross-entropy loss when targets are given (-1 is ignored)."""
         B, T = idx.size()
         t0 = 0 if kv_cache is None else kv_cache.get_pos()
-        if t0 + T > self.cos.size(1):
-            raise ValueError(f"sequence of {t0 + T} tokens is longer than the rotary tables ({self.cos.size(1)})")
+        if t0 + T > self.max_context:
+            raise ValueError(f"sequence of {t0 + T} tokens is longer than the rotary tables ({self.max_context})")
         x = self.transformer.wte(idx)
         # under autocast the residual stream runs in the autocast dtype: an embedding lookup is not
         # autocast, and an fp32 residual would make every block save fp32 activations for backward

@@ -62,7 +62,8 @@ STAGES = {
     "SFT": ["chat-sft", "chat-evaluation-sft"],
     "RL": ["chat-rl", "chat-evaluation-rl"],
 }
-CHAT_METRICS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
+CHATCORE_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]  # as tasks.EVAL_TASK_NAMES
+CHAT_METRICS = [*CHATCORE_TASKS, "ChatCORE"]
 SUMMARY_METRICS = ["CORE", *CHAT_METRICS]
 # what guessing scores: four-way multiple choice a quarter; generated answers nothing; CORE and
 # ChatCORE are centered on chance already (the same baselines as ChatCORE's, nanochat.task_eval)
@@ -205,12 +206,12 @@ def hardware_info() -> dict[str, Any]:
             "gpu_count": len(gpus), "gpus": gpus}
 
 
-def dataset_info() -> dict[str, Any]:
-    """The pretraining dataset in use and its shards on disk."""
+def dataset_info(name: str | None = None) -> dict[str, Any]:
+    """A pretraining dataset (default: the one in use) and its shards on disk."""
     from nanochat.dataset import get_data_dir, get_dataset_name
 
     try:
-        name = get_dataset_name()
+        name = name or get_dataset_name()
         data_dir = get_data_dir(name)
     except ValueError as e:
         return {"name": "unknown", "error": str(e)}
@@ -501,8 +502,12 @@ class Report:
         parts = ["# nanochat training report\n\n",
                  f"Generated: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}\n\n"]
         for name in names:
-            with open(self._path(name, "md"), encoding="utf-8") as f:
-                text = f.read()
+            if name == "header" and header:
+                # the data appears after `reset` wrote the header: describe it as the stages found it
+                text = _header_markdown({**header, "dataset": dataset_info(_stages_dataset(pipeline))})
+            else:
+                with open(self._path(name, "md"), encoding="utf-8") as f:
+                    text = f.read()
             parts.append(text if text.endswith("\n\n") else text.rstrip("\n") + "\n\n")
             curves = (records.get(name) or {}).get("curves") if name != "header" else None
             if curves and isinstance(curves, dict) and plot_error is None:
@@ -571,6 +576,13 @@ class Report:
         return out
 
 
+def _stages_dataset(records: dict[str, dict]) -> str | None:
+    """The dataset the pipeline's stages ran on (the last one logged), or None before any stage."""
+    logged = sorted((r["time"], r["dataset"]) for n, r in records.items()
+                    if n != "header" and _is_number(r.get("time")) and r.get("dataset") not in (None, "unknown"))
+    return logged[-1][1] if logged else None
+
+
 def _goes_negative(curves: Any, name: str) -> bool:
     return isinstance(curves, dict) and any(v < 0 for _, v in _clean_curve(curves.get(name)))
 
@@ -626,6 +638,8 @@ def _stage_values(records: dict[str, dict]) -> dict[str, dict[str, float]]:
     for stage in STAGES:
         chat = _data(records, f"chat-evaluation-{stage.lower()}")
         values[stage].update({m: chat[m] for m in CHAT_METRICS if _is_number(chat.get(m))})
+        if not all(t in values[stage] for t in CHATCORE_TASKS):  # a ChatCORE over some tasks (logged by older runs)
+            values[stage].pop("ChatCORE", None)
     return values
 
 
@@ -645,8 +659,7 @@ def _changes(before: dict[str, float], after: dict[str, float]) -> str:
              and abs(after[m] - before[m]) >= NOTABLE_CHANGE]
     moved.sort(key=lambda item: -abs(item[1]))
     parts = [f"{m} {delta:+.2f} ({before[m]:.2f} → {after[m]:.2f})" for m, delta in moved]
-    tasks_before, tasks_after = (set(d) - {"ChatCORE"} for d in (before, after))
-    if "ChatCORE" in before and "ChatCORE" in after and tasks_before == tasks_after:  # a mean over the same tasks
+    if "ChatCORE" in before and "ChatCORE" in after:  # each a mean over every task (_stage_values)
         parts.append(f"ChatCORE {before['ChatCORE']:.2f} → {after['ChatCORE']:.2f}")
     return ", ".join(parts) if parts else f"no task moved by {NOTABLE_CHANGE} or more"
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for s in samples:
         print0(f"  sample: {s!r}")
     get_report().log(section="Base model loss", data=[
-        {"model_step": meta["step"], **vars(args), **results},
+        {"model_step": meta["step"], **vars(args), "device_type": device_type, **results},
         "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples),
     ])
     compute_cleanup()

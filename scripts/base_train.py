@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training_time_min": log.state["total_time"] / 60,
     }
     finish_line(results, device)
-    get_report().log(section="Base model training", data=[vars(args), results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
+    get_report().log(section="Base model training", data=[{**vars(args), "device_type": device_type}, results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

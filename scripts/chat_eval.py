@@ -5,15 +5,14 @@ Evaluate a chat model (mid, sft or rl) on held-out tasks and compute ChatCORE.
     python -m scripts.chat_eval -i sft -a "ARC-Easy|GSM8K" --max_problems=200
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_eval -- -i rl -a GSM8K
 
-ChatCORE is the mean over the evaluated tasks of accuracy centered on chance (0.25 for
-four-way multiple choice, 0 for generative tasks): 0 is chance, 1 is perfect.
+ChatCORE is the mean over every task of accuracy centered on chance (0.25 for four-way
+multiple choice, 0 for generative tasks): 0 is chance, 1 is perfect. A run over some of the
+tasks (`-a GSM8K`) reports their accuracies and no ChatCORE, which would not be comparable.
 """
 
 from __future__ import annotations
 
-import sys
-
-from nanochat.checkpoint_manager import CheckpointError, load_model
+from nanochat.checkpoint_manager import load_model
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
 from nanochat.report import get_report
 from nanochat.task_eval import centered_accuracy, evaluate_task
@@ -47,10 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     device_type = args.device_type or autodetect_device_type()
     _, _, _, _, device = compute_init(device_type)
     autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
-    try:
-        model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step)
 
     accuracies: dict[str, float] = {}
     centered: dict[str, float] = {}
@@ -63,12 +59,17 @@ def main(argv: list[str] | None = None) -> dict:
                                              max_problems=args.max_problems)
         centered[name] = centered_accuracy(accuracies[name], task.eval_type)
         print0(f"{name}: accuracy {100 * accuracies[name]:.2f}% (centered {centered[name]:.4f})")
-    chatcore = sum(centered.values()) / len(centered)
-    print0(f"ChatCORE over {len(centered)} task(s): {chatcore:.4f}")
+    chatcore = None
+    if set(EVAL_TASK_NAMES) <= set(centered):
+        chatcore = sum(centered.values()) / len(centered)
+        print0(f"ChatCORE: {chatcore:.4f}")
+    else:
+        print0(f"ChatCORE: not computed (it needs every task: {', '.join(EVAL_TASK_NAMES)})")
 
     get_report().log(section=f"Chat evaluation {args.source}", data=[
-        {"source": args.source, "model_step": meta["step"], **{k: v for k, v in vars(args).items() if k != "source"}},
-        {**accuracies, "ChatCORE": chatcore},
+        {"source": args.source, "model_step": meta["step"], **{k: v for k, v in vars(args).items() if k != "source"},
+         "device_type": device_type},
+        {**accuracies, **({"ChatCORE": chatcore} if chatcore is not None else {})},
     ])
     compute_cleanup()
     return {"accuracy": accuracies, "centered": centered, "ChatCORE": chatcore}

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                "mean_reward_first_step": log.history("reward")[0][1] if log.history("reward") else None,
                "mean_reward_last_step": log.history("reward")[-1][1] if log.history("reward") else None, "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section="Chat RL", data=[vars(args), results], curves=log.state["evals"])
+    get_report().log(section="Chat RL", data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

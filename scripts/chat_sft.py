@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section="Chat SFT", data=[vars(args), results], curves=log.state["evals"])
+    get_report().log(section="Chat SFT", data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

@@ -65,8 +65,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanochat.common import autodetect_device_type, compute_init, logger, run_main
 from nanochat.engine import Engine
-from scripts.flags import ArgumentParser
-from scripts.chat_cli import LoadedModel, Reply, add_model_args, check_sampling_args, load_or_exit, prompt_for, stream_reply
+from nanochat.chat import LoadedModel, Reply, load_chat_model, prompt_for, stream_reply
+from scripts.flags import ArgumentParser, add_chat_args, check_sampling_args
 
 GENERATION_PATHS = ("/chat/completions", "/v1/chat/completions")
 ROLES = ("system", "user", "assistant")
@@ -744,7 +744,7 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description="Serve a nanochat model: a chat UI at / and an OpenAI-compatible API at /v1.")
-    add_model_args(p)
+    add_chat_args(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 exposes the server (which has no authentication) to the network")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
         devices = [device]
     workers = []
     for i, d in enumerate(devices):
-        loaded = load_or_exit(args, d)
+        loaded = load_chat_model(args.source, d, args.dtype, args.model_tag, args.step)
         workers.append(Worker(i, loaded, Engine(loaded.model, loaded.tokenizer)))
     settings = Settings(args.temperature, args.top_k, args.max_tokens, args.max_messages, args.max_message_chars,
                         args.max_conversation_chars, args.max_max_tokens, args.body_timeout)

@@ -100,3 +100,28 @@ def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float)
     p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--init_lr_frac", type=float, default=init_lr_frac,
                    help="start at this fraction of the learning rates above")
+
+
+def add_chat_args(p: argparse.ArgumentParser) -> None:
+    """chat_cli's and chat_web's flags: which checkpoint, on what device and in what dtype, the sampling defaults."""
+    p.add_argument("-i", "--source", default="sft", choices=["mid", "sft", "rl", "base"],
+                   help="which stage's model to chat with (base only for debugging: it was never taught to chat)")
+    p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")
+    p.add_argument("--step", "--model_step", dest="step", type=int, default=None, help="checkpoint step (default: the last)")
+    p.add_argument("--device_type", default="", choices=["", "cuda", "cpu", "mps"], help="device (empty: autodetect)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 on CUDA, float32 elsewhere. bfloat16 on CPU converts the weights "
+                        "(decoding is memory-bound, so this is ~1.3x faster)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
+    p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens (0: no limit)")
+    p.add_argument("--max_tokens", type=int, default=512, help="most tokens per reply")
+
+
+def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error when add_chat_args' sampling flags are out of range."""
+    if args.temperature < 0:
+        p.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        p.error(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
+    if args.max_tokens < 1:
+        p.error(f"--max_tokens must be >= 1, got {args.max_tokens}")

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section="Midtraining", data=[vars(args), results], curves=log.state["evals"])
+    get_report().log(section="Midtraining", data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

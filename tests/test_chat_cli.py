@@ -1,8 +1,6 @@
 """
-scripts.chat_cli: the reply decoder and streaming it shares with chat_web, and the CLI run for
-real in a subprocess over a tiny checkpoint.
-
-`write_chat_checkpoint` is also used by test_chat_web.py.
+nanochat.chat's reply decoder and streaming (shared by chat_cli and chat_web), and the CLI run
+for real in a subprocess over a tiny checkpoint.
 """
 
 from __future__ import annotations
@@ -13,36 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
+from nanochat.chat import Reply, ReplyDecoder, stream_reply
 from nanochat.engine import Engine
-from nanochat.gpt import GPT, GPTConfig
-from nanochat.tokenizer import SPECIAL_TOKENS, get_tokenizer_dir
-from scripts.chat_cli import Reply, ReplyDecoder, stream_reply
+from scripted import ScriptedModel
+from tiny import write_chat_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_chat_checkpoint(tokenizer, model_tag: str = "d1", sequence_len: int = 256) -> GPTConfig:
-    """A tiny random GPT saved as an sft checkpoint (step 0), and its tokenizer, under $NANOCHAT_BASE_DIR."""
-    torch.manual_seed(0)
-    config = GPTConfig(sequence_len=sequence_len, vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=4,
-                       n_kv_head=2, n_embd=64)
-    model = GPT(config)
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        # Special tokens get logit 0 while the best ordinary token scores far above it (logits are
-        # soft-capped at 15): the replies never end early nor call the tool, so every reply runs to
-        # exactly max_tokens tokens and tests can count on that.
-        model.lm_head.weight.mul_(4.0)
-        model.lm_head.weight[[tokenizer.encode_special(s) for s in SPECIAL_TOKENS]] = 0.0
-    save_checkpoint(checkpoint_dir_for("sft", model_tag), 0, model.state_dict(), None,
-                    {"model_config": vars(config), "step": 0})
-    tokenizer.save(get_tokenizer_dir())
-    return config
 
 
 def run_cli(base_dir: Path, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
@@ -95,26 +70,11 @@ def test_decoder_renders_tool_calls_readably(tiny_tokenizer):
     assert rendered[-len(ids) - 1:-1] == ids
 
 
-class ScriptedGPT(GPT):
-    """Proposes script[k] at its k-th forward call (prefill included); greedy decoding follows it exactly."""
-
-    def __init__(self, vocab: int, script: list[int]) -> None:
-        super().__init__(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
-        self.init_weights()
-        self.script, self.calls = script, 0
-
-    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
-        logits = torch.full((idx.size(0), idx.size(1), self.config.vocab_size), -10.0)
-        logits[:, -1, self.script[min(self.calls, len(self.script) - 1)]] = 10.0
-        self.calls += 1
-        return logits
-
-
-@pytest.mark.parametrize("stop", ["<|assistant_end|>", "<|bos|>", "<|user_start|>"])
+@pytest.mark.parametrize("stop", ["<|assistant_end|>", "<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>"])
 def test_stream_reply_stops_at_the_end_of_the_turn(tiny_tokenizer, stop):
     tok = tiny_tokenizer
     hello = tok.encode("hello there")
-    engine = Engine(ScriptedGPT(tok.get_vocab_size(), hello + [tok.encode_special(stop)] + hello), tok)
+    engine = Engine(ScriptedModel(tok.get_vocab_size(), hello + [tok.encode_special(stop)] + hello), tok)
     reply = Reply()
     pieces = list(stream_reply(engine, [tok.get_bos_token_id()], reply, max_tokens=50, temperature=0.0, top_k=None, seed=0))
     assert "".join(pieces) == reply.text == "hello there"
@@ -125,7 +85,7 @@ def test_stream_reply_stops_at_the_end_of_the_turn(tiny_tokenizer, stop):
 def test_stream_reply_is_cut_at_max_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     hello = tok.encode("hello there, how are you")
-    engine = Engine(ScriptedGPT(tok.get_vocab_size(), hello), tok)
+    engine = Engine(ScriptedModel(tok.get_vocab_size(), hello), tok)
     reply = Reply()
     text = "".join(stream_reply(engine, [tok.get_bos_token_id()], reply, max_tokens=3, temperature=0.0, top_k=None, seed=0))
     assert text == tok.decode(hello[:3])

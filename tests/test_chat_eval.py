@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
+from nanochat.common import autodetect_device_type
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.task_eval import centered_accuracy, evaluate_task
 from nanochat.tokenizer import get_tokenizer_dir
@@ -65,6 +68,7 @@ def test_categorical_prediction_is_restricted_to_the_letters(offline, tiny_token
 
 
 def test_chat_eval_end_to_end(offline, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(chat_eval, "EVAL_TASK_NAMES", ["ARC-Easy", "GSM8K"])  # ChatCORE over two tasks, to be quick
     tiny_tokenizer.save(get_tokenizer_dir())
     model = tiny_random_model(tiny_tokenizer.get_vocab_size())
     save_checkpoint(checkpoint_dir_for("sft", "d1"), 5, model.state_dict(), None,
@@ -86,6 +90,19 @@ def test_chat_eval_end_to_end(offline, tiny_tokenizer, monkeypatch):
     perfect = chat_eval.main(["-i", "sft", "-a", "ARC-Easy|GSM8K", "--max_problems=16", "--max_new_tokens=400",
                               "--device_type=cpu"])
     assert perfect["ChatCORE"] == 1.0
+
+
+def test_chatcore_needs_every_task(offline, tiny_tokenizer):
+    # `-a GSM8K` once logged ChatCORE = GSM8K's accuracy, and the report's summary showed it
+    tiny_tokenizer.save(get_tokenizer_dir())
+    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
+    save_checkpoint(checkpoint_dir_for("rl", "d1"), 5, model.state_dict(), None,
+                    {"model_config": vars(model.config), "step": 5})
+    result = chat_eval.main(["-i", "rl", "-a", "GSM8K", "--max_problems=4", "--max_new_tokens=4"])
+    assert set(result["accuracy"]) == {"GSM8K"} and result["ChatCORE"] is None
+    record = json.loads((offline / "report" / "chat-evaluation-rl.json").read_text())
+    assert "ChatCORE" not in record["data"] and "GSM8K" in record["data"]
+    assert record["data"]["device_type"] == autodetect_device_type()  # what was used, not the empty flag
 
 
 def test_chat_eval_rejects_unknown_tasks(offline):

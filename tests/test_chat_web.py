@@ -23,7 +23,9 @@ import httpx
 import openai
 import pytest
 
-from test_chat_cli import ROOT, write_chat_checkpoint  # the same tiny checkpoint the CLI tests use
+from tiny import write_chat_checkpoint  # the same tiny checkpoint the CLI tests use
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GENERATION_PATHS = ("/v1/chat/completions", "/chat/completions")
 
@@ -595,7 +597,7 @@ def tiny_app(tiny_tokenizer):
 
     from nanochat.engine import Engine
     from nanochat.gpt import GPT, GPTConfig
-    from scripts.chat_cli import LoadedModel
+    from nanochat.chat import LoadedModel
     from scripts.chat_web import Settings, Worker, create_app
 
     model = GPT(GPTConfig(sequence_len=40, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanochat.engine import Engine
+from nanochat.engine import ContextFullError, Engine
 from nanochat.gpt import GPT, GPTConfig
 from scripted import ScriptedModel
 
@@ -72,6 +72,18 @@ def test_rows_stop_at_assistant_end_and_bos(tiny_tokenizer):
     assert engine.generate_batch(prompt, max_tokens=3, temperature=0.0)[0] == [prompt + hello[:3]]
 
 
+@pytest.mark.parametrize("stop", ["<|assistant_end|>", "<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>"])
+def test_batch_rows_stop_where_a_chat_reply_stops(tiny_tokenizer, stop):
+    # RL rollouts and evaluations (generate_batch) end a reply where chat_cli and chat_web do:
+    # at the end of the turn, a new document, or the start of another turn
+    tok = tiny_tokenizer
+    hello = tok.encode("hello there")
+    engine = Engine(ScriptedModel(tok.get_vocab_size(), hello + [tok.encode_special(stop)] + hello), tok)
+    assert tok.encode_special(stop) in engine.stop_tokens
+    results, _ = engine.generate_batch([tok.get_bos_token_id()], max_tokens=50, temperature=0.0)
+    assert results == [[tok.get_bos_token_id()] + hello]
+
+
 def test_python_call_gets_forced_calculator_output(tiny_tokenizer):
     tok = tiny_tokenizer
     sp = tok.encode_special
@@ -101,8 +113,9 @@ def test_cache_grows_past_its_initial_size_and_prompt_limits(tiny_tokenizer):
     engine = Engine(model, tiny_tokenizer)
     with pytest.raises(ValueError, match="at least one prompt token"):
         list(engine.generate([]))
-    with pytest.raises(ValueError, match="no room"):
-        list(engine.generate([1] * (64 * 10)))
+    with pytest.raises(ContextFullError, match="no room"):
+        list(engine.generate([1] * model.max_context))
+    assert model.max_context == 64 * 10  # the rotary tables reach 10x the training length
     # a long generation matches the model's own greedy decoding token for token
     prompt = [tiny_tokenizer.get_bos_token_id()]
     columns = [c[0] for c, _ in engine.generate(prompt, max_tokens=80, temperature=0.0)]

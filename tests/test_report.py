@@ -33,12 +33,13 @@ def parse_table(markdown: str) -> dict[str, dict[str, str]]:
 
 SFT_ACC = {"ARC-Easy": 0.41234, "ARC-Challenge": 0.30001, "MMLU": 0.27777, "GSM8K": 0.05, "HumanEval": 0.0625,
            "SpellingBee": 0.9, "ChatCORE": 0.123456}
-RL_ACC = {"GSM8K": 0.0875, "ChatCORE": 0.2}
+RL_ACC = {"GSM8K": 0.0875}
 
 
 def log_pipeline(report: Report) -> None:
     """Sections in a scrambled order, as concurrent or re-run stages could leave them."""
-    report.log("Chat evaluation rl", [{"source": "rl", "max_problems": 8}, dict(RL_ACC)])
+    # a ChatCORE over GSM8K alone, as chat_eval -a GSM8K once logged: the summary must not show it
+    report.log("Chat evaluation rl", [{"source": "rl", "max_problems": 8}, {**RL_ACC, "ChatCORE": 0.2}])
     report.log("Chat RL", [{"num_iterations": 3}, {"pass@1": 0.1}],
                curves={"train_loss": [[0, 0.5], [1, 0.4], [2, 0.3]], "reward": [[0, 0.1], [1, 0.2], [2, 0.25]],
                        "pass@1": [[0, 0.05], [3, 0.1]], "pass@2": [[0, 0.08], [3, 0.15]]})
@@ -72,6 +73,22 @@ def test_header_has_versions_git_and_dataset(base_dir):
     assert "GPUs: " in text and "CPU: " in text
     header = json.loads((base_dir / "report" / "header.json").read_text())
     assert header["start_time"] > 0 and header["dataset"]["num_shards"] == 3
+
+
+def test_header_describes_the_data_the_stages_found(base_dir, tmp_path, monkeypatch):
+    # reset runs before any data exists; the header said "0 shard(s) ... (folder absent)" for good
+    report = Report(str(base_dir / "report"))
+    report.reset()
+    assert "(folder absent)" in (base_dir / "report" / "header.md").read_text()
+    monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
+    shard_dir = base_dir / "base_data_synthetic"
+    shard_dir.mkdir()
+    for i in range(2):
+        (shard_dir / f"shard_{i:05d}.parquet").write_bytes(b"0" * 1024)
+    report.log("Base model training", [{"depth": 1}])
+    monkeypatch.delenv("NANOCHAT_DATASET")  # generated later from a shell without the variable
+    text = Path(report.generate(copy_to=str(tmp_path))).read_text()
+    assert "- Dataset: synthetic: 2 shard(s), 2.0 KiB in $NANOCHAT_BASE_DIR/base_data_synthetic\n" in text
 
 
 def test_git_info_outside_a_checkout_is_unknown(tmp_path):
@@ -157,7 +174,8 @@ def test_a_line_per_stage_says_what_it_changed(base_dir, tmp_path):
                       "synthetic_relations": {"accuracy": 0.36, "centered": 0.36}}, "core": 0.3644}
     report = Report(str(base_dir / "report"))
     report.log("Base model evaluation", [{"CORE metric": 0.3644}, "```\n" + format_table(core) + "\n```"])
-    mid = {"ARC-Easy": 0.60, "MMLU": 0.50, "GSM8K": 0.30, "SpellingBee": 0.31, "HumanEval": 0.05, "ChatCORE": 0.2}
+    mid = {"ARC-Easy": 0.60, "ARC-Challenge": 0.30, "MMLU": 0.50, "GSM8K": 0.30, "SpellingBee": 0.31, "HumanEval": 0.05,
+           "ChatCORE": 0.2}  # every ChatCORE task: the summary shows a ChatCORE only over all of them
     sft = {**mid, "GSM8K": 0.40, "SpellingBee": 0.76, "MMLU": 0.51, "ChatCORE": 0.31}
     report.log("Chat evaluation mid", [{"source": "mid"}, mid])
     report.log("Chat evaluation sft", [{"source": "sft"}, sft])
@@ -166,7 +184,8 @@ def test_a_line_per_stage_says_what_it_changed(base_dir, tmp_path):
     assert list(lines) == ["BASE", "MID", "SFT", "RL"]
     assert lines["BASE"] == ("pretraining gives CORE 0.3644 (0 is chance); 2 of 3 CORE tasks above chance "
                              "(synthetic_capitals 0.98, synthetic_relations 0.36).")
-    assert lines["MID"].startswith("the first chat model scores ARC-Easy 0.60 (chance 0.25), MMLU 0.50 (chance 0.25)")
+    assert lines["MID"].startswith("the first chat model scores ARC-Easy 0.60 (chance 0.25), ARC-Challenge 0.30 "
+                                   "(chance 0.25), MMLU 0.50 (chance 0.25)")
     # the largest changes first; a change under 0.02 (MMLU) is not one; ChatCORE compares like with like
     assert lines["SFT"] == ("against MID, SpellingBee +0.45 (0.31 → 0.76), GSM8K +0.10 (0.30 → 0.40), "
                             "ChatCORE 0.20 → 0.31.")
@@ -217,7 +236,7 @@ def test_cli_reset_and_generate(base_dir, tmp_path):
     assert "plots" in result.stdout
     text = (cwd / "report.md").read_text()
     assert "## Environment" in text and "## Summary" in text
-    assert parse_table(text)["ChatCORE"]["RL"] == "0.2000"
+    assert parse_table(text)["GSM8K"]["RL"] == "0.0875" and parse_table(text)["ChatCORE"]["RL"] == "-"
     assert (base_dir / "report" / "chat-rl.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
