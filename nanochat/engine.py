@@ -29,12 +29,10 @@ class ContextFullError(NanochatError, ValueError):
 
 @dataclass
 class RowState:
-    """One sample's decoding state."""
+    """One sample's tool-use state."""
 
-    tokens: list[int]
     forced: deque[int] = field(default_factory=deque)  # tokens to emit next instead of sampling
     python_tokens: list[int] | None = None  # collecting a tool call since <|python_start|>
-    completed: bool = False
 
 
 class Engine:
@@ -94,28 +92,51 @@ class Engine:
         cache.prefill(prefill_cache)
         del prefill_cache
 
-        rows = [RowState(list(tokens)) for _ in range(num_samples)]
+        rows = [RowState() for _ in range(num_samples)]
+        # the tokens that change a row's state; a step where no row sampled one, and no row is
+        # inside a tool call or has output queued, needs no per-row Python at all
+        markers = self.stop_tokens | {self.python_start, self.python_end}
+        busy: set[int] = set()  # rows inside a tool call or with forced tokens queued
+        done: set[int] = set()
         for _ in range(max_tokens):
-            sampled = sample_next_token(logits, rng, temperature, top_k)[:, 0].tolist()
-            column, masks = [], []
-            for row, token in zip(rows, sampled):
-                is_forced = bool(row.forced)
-                if is_forced:
-                    token = row.forced.popleft()
-                column.append(token)
-                masks.append(0 if is_forced else 1)
-                if row.completed:
-                    continue
-                row.tokens.append(token)
-                if token in self.stop_tokens:
-                    row.completed = True
-                else:
-                    self._tool_step(row, token)
+            next_ids = sample_next_token(logits, rng, temperature, top_k)  # (B, 1), fed back as is when nothing is forced
+            column = next_ids[:, 0].tolist()  # the step's one device-to-host sync
+            masks = [1] * num_samples
+            if busy or not markers.isdisjoint(column):
+                forced_any = self._bookkeep(rows, column, masks, markers, busy, done)
+                if forced_any:
+                    next_ids = torch.tensor(column, dtype=torch.long, device=device)[:, None]
             yield column, masks
-            if all(row.completed for row in rows):
+            if len(done) == num_samples:
                 return
-            ids = torch.tensor(column, dtype=torch.long, device=device)[:, None]
-            logits = self.model(ids, kv_cache=cache)[:, -1, :]
+            logits = self.model(next_ids, kv_cache=cache)[:, -1, :]
+
+    def _bookkeep(self, rows: list[RowState], column: list[int], masks: list[int], markers: set[int],
+                  busy: set[int], done: set[int]) -> bool:
+        """
+        Only the rows that need it: put queued tool output in place of sampled tokens (mask 0),
+        mark rows that stopped, follow tool calls. Edits column and masks in place; True when
+        a token was forced.
+        """
+        forced_any = False
+        for i in sorted(busy.union(i for i, token in enumerate(column) if token in markers)):
+            row = rows[i]
+            if i in done:  # finished rows keep yielding samples; nothing follows from them
+                continue
+            if row.forced:
+                column[i], masks[i] = row.forced.popleft(), 0
+                forced_any = True
+            token = column[i]
+            if token in self.stop_tokens:
+                done.add(i)
+                busy.discard(i)
+                continue
+            self._tool_step(row, token)
+            if row.forced or row.python_tokens is not None:
+                busy.add(i)
+            else:
+                busy.discard(i)
+        return forced_any
 
     def generate_batch(self, tokens: list[int], num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
         """

@@ -18,10 +18,13 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
 from nanochat.common import run_main
+from nanochat.engine import Engine, RowState
+from nanochat.gpt import sample_next_token
 from scripts.flags import ArgumentParser, positive_int
 
 
@@ -86,7 +89,11 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
 
 
 def bench_train(args: argparse.Namespace) -> dict:
-    """Optimizer steps per second of a fresh model on random tokens, once per dtype, same model and data."""
+    """
+    Optimizer steps per second and peak memory of a fresh model on random tokens: per dtype, with
+    the plain loss (full logits) and the chunked one (the default); same model and data. The first
+    dtype with the plain loss is the baseline of every ratio.
+    """
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
     from nanochat.preflight import estimate_peak_memory
@@ -99,47 +106,66 @@ def bench_train(args: argparse.Namespace) -> dict:
     data = torch.randint(0, args.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
     results = {}
     for dtype_name in args.dtypes.split(","):
-        torch.manual_seed(0)
-        model = GPT(config).to(device)
-        model.init_weights()
-        optimizers = model.setup_optimizers()
-        train_model = torch.compile(model) if args.compile else model
-        autocast = autocast_context(device_type, getattr(torch, dtype_name))
-        batches = StepBatches(iter(lambda: (data[:, :-1], data[:, 1:]), None), 1)
-        progress(f"train {dtype_name}: {args.warmup} warm-up steps{' (compiling)' if args.compile else ''}, then "
-                 f"{args.steps} timed steps of {args.batch}×{args.seq_len} tokens")
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(args.warmup):
-            train_step(train_model, optimizers, batches, autocast)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            loss, _ = train_step(train_model, optimizers, batches, autocast)
-        loss.item()
-        _sync(device)
-        dt = (time.perf_counter() - t0) / args.steps
-        tok_per_s = args.batch * args.seq_len / dt
-        peak = peak_flops(device)
-        results[dtype_name] = {
-            "step_ms": 1000 * dt,
-            "tok_per_s": tok_per_s,
-            "mfu_percent": 100 * model.estimate_flops() * tok_per_s / peak if peak else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            # the preflight's formula for the same step, to hold it against the measured peak
-            "estimated_peak_gib": estimate_peak_memory(config, args.batch, args.seq_len, 1, getattr(torch, dtype_name),
-                                                       args.compile).total / 2**30,
-        }
-    first = next(iter(results))
-    for name, r in results.items():
-        r[f"speedup_vs_{first}"] = r["tok_per_s"] / results[first]["tok_per_s"]
+        for chunked in (False, True):
+            name = dtype_name if chunked else f"{dtype_name}_plain_loss"
+            torch.manual_seed(0)
+            model = GPT(config).to(device)
+            model.init_weights()
+            model.chunked_loss = chunked
+            optimizers = model.setup_optimizers()
+            train_model = torch.compile(model) if args.compile else model
+            autocast = autocast_context(device_type, getattr(torch, dtype_name))
+            batches = StepBatches(iter(lambda: (data[:, :-1], data[:, 1:]), None), 1)
+            progress(f"train {name}: {args.warmup} warm-up steps{' (compiling)' if args.compile else ''}, then "
+                     f"{args.steps} timed steps of {args.batch}×{args.seq_len} tokens, then one step measuring memory")
+            for _ in range(args.warmup):
+                train_step(train_model, optimizers, batches, autocast)
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                loss, _ = train_step(train_model, optimizers, batches, autocast)
+            loss.item()
+            _sync(device)
+            dt = (time.perf_counter() - t0) / args.steps
+            tok_per_s = args.batch * args.seq_len / dt
+            peak = peak_flops(device)
+            results[name] = {
+                "chunked_loss": chunked,
+                "step_ms": 1000 * dt,
+                "tok_per_s": tok_per_s,
+                "mfu_percent": 100 * model.estimate_flops() * tok_per_s / peak if peak else None,
+                "peak_memory_gib": _step_peak_memory(train_model, model, optimizers, batches, autocast, device) / 2**30,
+                # the preflight's formula for the same step, to hold it against the measured peak
+                "estimated_peak_gib": estimate_peak_memory(config, args.batch, args.seq_len, 1, getattr(torch, dtype_name),
+                                                           args.compile).total / 2**30,
+            }
+    baseline = next(iter(results))
+    for r in results.values():
+        r[f"speedup_vs_{baseline}"] = r["tok_per_s"] / results[baseline]["tok_per_s"]
+        r[f"peak_memory_vs_{baseline}"] = r["peak_memory_gib"] / results[baseline]["peak_memory_gib"]
     return {
         "benchmark": "train",
         "device": str(device) if device_type != "cuda" else torch.cuda.get_device_name(device),
         "depth": args.depth, "vocab_size": args.vocab_size, "seq_len": args.seq_len, "batch": args.batch,
         "num_params": sum(p.numel() for p in model.parameters()), "compile": args.compile,
-        "threads": torch.get_num_threads(), "results": results,
+        "threads": torch.get_num_threads(), "baseline": baseline, "results": results,
     }
+
+
+def _step_peak_memory(train_model, model, optimizers, batches, autocast, device: torch.device) -> int:
+    """Peak bytes of one more training step: the allocator's count on CUDA, live tensors counted elsewhere."""
+    from nanochat.preflight import measure_peak_memory
+    from nanochat.training import train_step
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step(train_model, optimizers, batches, autocast)
+        return torch.cuda.max_memory_allocated(device)
+    # what exists before the step: the weights and the optimizer state (gradients are freed after each step)
+    state = [*model.parameters(), *(t for o in optimizers for st in o.state.values() for t in st.values()
+                                    if isinstance(t, torch.Tensor))]
+    return measure_peak_memory(lambda: train_step(train_model, optimizers, batches, autocast),
+                               sum(t.numel() * t.element_size() for t in state))
 
 
 class _NoSpecialsTokenizer:
@@ -155,11 +181,53 @@ class _NoSpecialsTokenizer:
         return self.vocab_size + 1000
 
 
+class ReferenceEngine(Engine):
+    """
+    The Engine's decoding loop as it was before its per-token overhead was cut (every row
+    inspected in Python every step, the next input rebuilt from a list), kept to measure the
+    Engine against in the same run and to check that both give the same tokens.
+    """
+
+    @torch.inference_mode()
+    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 42) -> Iterator[tuple[list[int], list[int]]]:
+        device = self.model.get_device()
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        limit = self.model.max_context - len(tokens)
+        max_tokens = limit if max_tokens is None else min(max_tokens, limit)
+        prefill_cache = self._new_cache(1, len(tokens))
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        logits = self.model(ids, kv_cache=prefill_cache)[:, -1, :].expand(num_samples, -1)
+        cache = self._new_cache(num_samples, len(tokens) + max_tokens)
+        cache.prefill(prefill_cache)
+        rows = [RowState() for _ in range(num_samples)]
+        completed = [False] * num_samples
+        for _ in range(max_tokens):
+            sampled = sample_next_token(logits, rng, temperature, top_k)[:, 0].tolist()
+            column, masks = [], []
+            for i, (row, token) in enumerate(zip(rows, sampled)):
+                is_forced = bool(row.forced)
+                if is_forced:
+                    token = row.forced.popleft()
+                column.append(token)
+                masks.append(0 if is_forced else 1)
+                if completed[i]:
+                    continue
+                if token in self.stop_tokens:
+                    completed[i] = True
+                else:
+                    self._tool_step(row, token)
+            yield column, masks
+            if all(completed):
+                return
+            ids = torch.tensor(column, dtype=torch.long, device=device)[:, None]
+            logits = self.model(ids, kv_cache=cache)[:, -1, :]
+
+
 @torch.inference_mode()
 def _naive_decode(model, prompt: list[int], batch: int, new_tokens: int, rng: torch.Generator) -> None:
-    """The reference: a full forward over the whole sequence for every new token."""
-    from nanochat.gpt import sample_next_token
-
+    """A full forward over the whole sequence for every new token (no KV cache)."""
     ids = torch.tensor([prompt] * batch, device=model.get_device())
     for _ in range(new_tokens):
         logits = model(ids)[:, -1, :]
@@ -167,9 +235,12 @@ def _naive_decode(model, prompt: list[int], batch: int, new_tokens: int, rng: to
 
 
 def bench_decode(args: argparse.Namespace) -> dict:
-    """Engine (KV cache) against naive recompute, tokens generated per second, per batch size."""
+    """
+    Tokens generated per second per batch size: the Engine (fp32 and bf16 weights) against
+    today's reference loop (the baseline of the ratios) and naive recompute; then RL rollouts
+    (groups sampled in device batches with top-k, as chat_rl does) with both engines.
+    """
     from nanochat.common import autodetect_device_type
-    from nanochat.engine import Engine
     from nanochat.gpt import GPT, config_for_depth
 
     device = torch.device(args.device_type or autodetect_device_type())
@@ -182,12 +253,15 @@ def bench_decode(args: argparse.Namespace) -> dict:
     model.eval()
     tokenizer = _NoSpecialsTokenizer(args.vocab_size)
     # the same weights in bf16: decoding reads every weight once per step, so halving them matters
-    engines = {"engine": Engine(model, tokenizer), "engine_bf16": Engine(copy.deepcopy(model).bfloat16(), tokenizer)}
+    engines = {"reference": ReferenceEngine(model, tokenizer), "engine": Engine(model, tokenizer),
+               "engine_bf16": Engine(copy.deepcopy(model).bfloat16(), tokenizer)}
     prompt = torch.randint(0, args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
     results = {}
     for batch in [int(b) for b in args.batches.split(",")]:
-        timings = {}
-        for name in ("naive", *engines):
+        # naive recompute costs batch × length² per token: timed only where it does not dominate the run
+        names = ("naive", *engines) if batch <= args.naive_max_batch else tuple(engines)
+        timings, rows = {}, {}
+        for name in names:
             progress(f"decode batch {batch}, {name}: {args.new_tokens} new tokens, a warm-up run then a timed one")
             for _ in range(2):  # the first run warms up
                 _sync(device)
@@ -195,17 +269,44 @@ def bench_decode(args: argparse.Namespace) -> dict:
                 if name == "naive":
                     _naive_decode(model, prompt, batch, args.new_tokens, torch.Generator(device=device).manual_seed(0))
                 else:
-                    rows, _ = engines[name].generate_batch(prompt, num_samples=batch, max_tokens=args.new_tokens)
-                    assert all(len(r) == args.prompt_len + args.new_tokens for r in rows)
+                    rows[name], _ = engines[name].generate_batch(prompt, num_samples=batch, max_tokens=args.new_tokens)
+                    assert all(len(r) == args.prompt_len + args.new_tokens for r in rows[name])
                 _sync(device)
                 timings[name] = time.perf_counter() - t0
         tokens = batch * args.new_tokens
-        results[f"batch_{batch}"] = {f"{name}_tok_per_s": tokens / t for name, t in timings.items()}
-        for name in engines:
-            results[f"batch_{batch}"][f"{name}_speedup_vs_naive"] = timings["naive"] / timings[name]
+        r = results[f"batch_{batch}"] = {f"{name}_tok_per_s": tokens / t for name, t in timings.items()}
+        for name in ("engine", "engine_bf16"):
+            r[f"{name}_speedup_vs_reference"] = timings["reference"] / timings[name]
+            if "naive" in timings:
+                r[f"{name}_speedup_vs_naive"] = timings["naive"] / timings[name]
+        r["engine_same_tokens_as_reference"] = rows["engine"] == rows["reference"]
+    results["rl_rollout"] = _bench_rollouts(engines, prompt, args, device)
     return {"benchmark": "decode", "device": str(device), "depth": args.depth, "vocab_size": args.vocab_size,
             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
-            "results": results}
+            "baseline": "reference", "results": results}
+
+
+def _bench_rollouts(engines: dict, prompt: list[int], args: argparse.Namespace, device: torch.device) -> dict:
+    """chat_rl's sampling: a group of answers per problem, device_batch_size rows at a time, top-k, a seed per chunk."""
+    timings, rows = {}, {}
+    for name in ("reference", "engine"):
+        progress(f"RL rollouts, {name}: {args.rl_problems} problems × {args.rl_samples} answers of "
+                 f"{args.new_tokens} tokens, {args.rl_batch} rows at a time")
+        _sync(device)
+        t0 = time.perf_counter()
+        rows[name] = []
+        for problem in range(args.rl_problems):
+            for chunk, start in enumerate(range(0, args.rl_samples, args.rl_batch)):
+                n = min(args.rl_batch, args.rl_samples - start)
+                r, _ = engines[name].generate_batch(prompt, num_samples=n, max_tokens=args.new_tokens, temperature=1.0,
+                                                    top_k=50, seed=1000 * problem + chunk)
+                rows[name] += r
+        _sync(device)
+        timings[name] = time.perf_counter() - t0
+    tokens = sum(len(r) - len(prompt) for r in rows["engine"])
+    return {"reference_tok_per_s": tokens / timings["reference"], "engine_tok_per_s": tokens / timings["engine"],
+            "engine_speedup_vs_reference": timings["reference"] / timings["engine"],
+            "engine_same_tokens_as_reference": rows["engine"] == rows["reference"]}
 
 
 def _sync(device: torch.device) -> None:
@@ -221,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     tok.add_argument("--chars", type=int, default=20_000_000, help="characters of text to use")
     tok.add_argument("--vocab_size", type=int, default=65536, help="vocabulary to train")
     tok.add_argument("--threads", type=int, default=0, help="threads for batch encoding (0: all cores)")
-    train = sub.add_parser("train", help="training tok/s and MFU of one model size, per dtype")
+    train = sub.add_parser("train", help="training tok/s, MFU and peak memory of one model size, per dtype and loss")
     train.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
     train.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
     train.add_argument("--seq_len", type=positive_int, default=512, help="tokens per row")
@@ -231,12 +332,16 @@ def main(argv: list[str] | None = None) -> dict:
     train.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16 (first is the baseline)")
     train.add_argument("--device_type", default="", help="device (empty: autodetect)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model")
-    decode = sub.add_parser("decode", help="generation tok/s: the KV-cache Engine against naive recompute")
+    decode = sub.add_parser("decode", help="generation and RL rollout tok/s: the Engine against its reference loop")
     decode.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
     decode.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
     decode.add_argument("--prompt_len", type=positive_int, default=32, help="prompt tokens")
     decode.add_argument("--new_tokens", type=positive_int, default=128, help="tokens generated per row")
-    decode.add_argument("--batches", default="1,8", help="comma-separated batch sizes to time")
+    decode.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes to time")
+    decode.add_argument("--naive_max_batch", type=int, default=8, help="time naive recompute up to this batch size")
+    decode.add_argument("--rl_problems", type=positive_int, default=2, help="RL rollouts: problems (one prompt each)")
+    decode.add_argument("--rl_samples", type=positive_int, default=16, help="RL rollouts: answers per problem")
+    decode.add_argument("--rl_batch", type=positive_int, default=8, help="RL rollouts: rows per generate call")
     decode.add_argument("--device_type", default="", help="device (empty: autodetect)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)

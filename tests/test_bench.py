@@ -13,9 +13,35 @@ def test_train_benchmark_json(tmp_path):
                          "--steps=2", "--warmup=1", "--dtypes=float32,bfloat16", "--device_type=cpu"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     r = result["results"]
-    assert set(r) == {"float32", "bfloat16"} and r["float32"]["speedup_vs_float32"] == 1.0
-    assert r["bfloat16"]["tok_per_s"] > 0 and r["float32"]["mfu_percent"] is None  # CPU: no peak known
+    # each dtype with the plain loss and the chunked one; the first plain run is every ratio's baseline
+    assert set(r) == {"float32_plain_loss", "float32", "bfloat16_plain_loss", "bfloat16"}
+    assert result["baseline"] == "float32_plain_loss"
+    assert r["float32_plain_loss"]["speedup_vs_float32_plain_loss"] == 1.0
+    assert r["float32_plain_loss"]["peak_memory_vs_float32_plain_loss"] == 1.0
+    assert r["float32"]["chunked_loss"] and not r["float32_plain_loss"]["chunked_loss"]
+    for entry in r.values():
+        assert entry["tok_per_s"] > 0 and entry["peak_memory_gib"] > 0 and entry["estimated_peak_gib"] > 0
+        assert entry["speedup_vs_float32_plain_loss"] > 0 and entry["peak_memory_vs_float32_plain_loss"] > 0
+    assert r["float32"]["mfu_percent"] is None  # CPU: no peak known
     assert result["num_params"] == 2 * 256 * 64 + 12 * 64 * 64
+
+
+def test_decode_benchmark_json():
+    result = bench.main(["decode", "--depth=1", "--vocab_size=256", "--prompt_len=4", "--new_tokens=6",
+                         "--batches=1,3", "--naive_max_batch=1", "--rl_problems=1", "--rl_samples=3", "--rl_batch=2",
+                         "--device_type=cpu"])
+    r = result["results"]
+    assert result["baseline"] == "reference" and set(r) == {"batch_1", "batch_3", "rl_rollout"}
+    for name in ("reference", "engine", "engine_bf16"):
+        assert r["batch_1"][f"{name}_tok_per_s"] > 0 and r["batch_3"][f"{name}_tok_per_s"] > 0
+    for batch in ("batch_1", "batch_3"):
+        assert r[batch]["engine_speedup_vs_reference"] > 0 and r[batch]["engine_bf16_speedup_vs_reference"] > 0
+        assert r[batch]["engine_same_tokens_as_reference"] is True
+    assert "naive_tok_per_s" in r["batch_1"] and "naive_tok_per_s" not in r["batch_3"]  # only up to --naive_max_batch
+    assert r["batch_1"]["engine_speedup_vs_naive"] > 0
+    rl = r["rl_rollout"]
+    assert rl["reference_tok_per_s"] > 0 and rl["engine_tok_per_s"] > 0 and rl["engine_speedup_vs_reference"] > 0
+    assert rl["engine_same_tokens_as_reference"] is True
 
 
 def test_tokenizer_benchmark_json():

@@ -121,3 +121,32 @@ def test_cache_grows_past_its_initial_size_and_prompt_limits(tiny_tokenizer):
     columns = [c[0] for c, _ in engine.generate(prompt, max_tokens=80, temperature=0.0)]
     reference = list(model.generate(prompt, max_tokens=len(columns), temperature=0.0))
     assert columns == reference
+
+
+@pytest.mark.parametrize("temperature,top_k,seed", [(1.0, None, 0), (0.8, 50, 1), (0.0, None, 2), (1.3, 5, 3)])
+def test_same_stream_as_the_reference_engine(tiny_tokenizer, temperature, top_k, seed):
+    """The Engine yields exactly what today's reference loop (scripts/bench.py) yields for the same seed."""
+    from scripts.bench import ReferenceEngine
+
+    model = real_model(tiny_tokenizer.get_vocab_size(), seed=seed)
+    prompt = tiny_tokenizer.encode("the cat sat on", prepend="<|bos|>")
+    kwargs = dict(num_samples=5, max_tokens=40, temperature=temperature, top_k=top_k, seed=seed)
+    ours = list(Engine(model, tiny_tokenizer).generate(prompt, **kwargs))
+    assert ours == list(ReferenceEngine(model, tiny_tokenizer).generate(prompt, **kwargs))
+
+
+def test_same_stream_as_the_reference_engine_with_tools_and_stops(tiny_tokenizer):
+    """Rows that call the calculator, stop, and keep sampling after stopping: columns and masks as the reference's."""
+    from scripts.bench import ReferenceEngine
+
+    tok = tiny_tokenizer
+    sp = tok.encode_special
+    script = (tok.encode("so ") + [sp("<|python_start|>")] + tok.encode("3*4+1") + [sp("<|python_end|>")]
+              + tok.encode(" done") + [sp("<|python_start|>")] + tok.encode("2+2") + [sp("<|python_end|>")]
+              + [sp("<|assistant_end|>")] + tok.encode("more"))
+    prompt = [tok.get_bos_token_id()]
+    ours = list(Engine(ScriptedModel(tok.get_vocab_size(), script), tok).generate(prompt, 3, 60, temperature=0.0))
+    reference = list(ReferenceEngine(ScriptedModel(tok.get_vocab_size(), script), tok).generate(prompt, 3, 60,
+                                                                                                   temperature=0.0))
+    assert ours == reference
+    assert any(0 in masks for _, masks in ours)  # tool output was forced
