@@ -37,7 +37,7 @@ which generates in its own thread (torch releases the GIL in its kernels) and ha
 piece of text to the event loop. A client that goes away, while queued or mid-reply, stops
 its generation at the next token, and the worker is free again as soon as its thread stops.
 
-Replies are text: tool calls show inline as `[python: 3*4+1 → 13]` (see chat_cli). An
+Replies are text: tool calls show inline as `[python: 3*4+1 → 13]` (nanochat.chat). An
 assistant message sent back in a later turn is taken as plain text.
 """
 
