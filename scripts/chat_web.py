@@ -37,7 +37,7 @@ which generates in its own thread (torch releases the GIL in its kernels) and ha
 piece of text to the event loop. A client that goes away, while queued or mid-reply, stops
 its generation at the next token, and the worker is free again as soon as its thread stops.
 
-Replies are text: tool calls show inline as `[python: 3*4+1 → 13]` (see chat_cli). An
+Replies are text: tool calls show inline as `[python: 3*4+1 → 13]` (nanochat.chat). An
 assistant message sent back in a later turn is taken as plain text.
 """
 
@@ -54,29 +54,30 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictStr, Tag, ValidationError,
+                      field_validator, model_validator)
+from pydantic_core import ErrorDetails, PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nanochat.chat import LoadedModel, Reply, load_chat_model, prompt_for, stream_reply
 from nanochat.common import autodetect_device_type, compute_init, logger, run_main
 from nanochat.engine import Engine
-from nanochat.chat import LoadedModel, Reply, load_chat_model, prompt_for, stream_reply
 from scripts.flags import ArgumentParser, add_chat_args, check_sampling_args
 
 GENERATION_PATHS = ("/chat/completions", "/v1/chat/completions")
-ROLES = ("system", "user", "assistant")
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 200
 MAX_JSON_DEPTH = 64  # a chat request is 4 levels deep; deeper bodies are refused, not recursed into
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 
-# ---- request validation ----
+# ---- request bodies ----
 
 
 @dataclass(frozen=True)
@@ -108,19 +109,6 @@ class BadRequest(Exception):
         self.close = close  # the body was not read to its end: the connection cannot carry another request
 
 
-@dataclass
-class ChatRequest:
-    messages: list[dict[str, str]]  # roles checked, content joined into a str
-    temperature: float
-    top_k: int | None  # None: no top-k
-    max_tokens: int
-    seed: int
-    stream: bool = False
-    model: str | None = None
-    include_usage: bool = False
-    max_tokens_asked: bool = False  # the client set max_tokens (or max_completion_tokens) itself
-
-
 # OpenAI parameters this server cannot honour: accepted only at the value that asks for nothing
 # (the default), refused otherwise, so no reply silently ignores what its client asked for
 UNSUPPORTED: dict[str, tuple[Any, str]] = {
@@ -140,10 +128,8 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "audio": (None, "audio replies are not supported; omit 'audio'"),
     "prediction": (None, "predicted outputs are not supported; omit 'prediction'"),
 }
-# fields that change nothing a client gets back, and those handled in parse_chat_request
+# fields that change nothing a client gets back
 BOOKKEEPING = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
-HANDLED = {"messages", "temperature", "top_k", "max_tokens", "max_completion_tokens", "seed", "n", "stop", "stream",
-           "stream_options", "model"}
 
 
 def _same_value(value: Any, default: Any) -> bool:
@@ -151,18 +137,6 @@ def _same_value(value: Any, default: Any) -> bool:
     if isinstance(value, bool) or isinstance(default, bool):
         return value is default
     return value == default
-
-
-def refuse_unsupported(body: dict) -> None:
-    """A 400 for the first parameter that asks for something this server does not do."""
-    for name, (default, why) in UNSUPPORTED.items():
-        value = body.get(name)
-        if value is None or _same_value(value, default):
-            continue
-        raise BadRequest(f"'{name}' is not supported: {why} (got {_describe(value)})", name)
-    unknown = sorted(set(body) - HANDLED - BOOKKEEPING - set(UNSUPPORTED))
-    if unknown:  # as vLLM does: a newer client's extra fields are ignored, and the log says which
-        logger.warning("ignored unknown request fields: %s", ", ".join(unknown))
 
 
 def json_type(value: Any) -> str:
@@ -181,133 +155,211 @@ def json_type(value: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    text = json.dumps(value)
+    text = json.dumps(value)  # ASCII: a lone surrogate quoted back cannot break the response's encoding
     return f"{text[:40]}..." if len(text) > 40 else text
 
 
-def _number(body: dict, name: str, default: Any, lo: float, hi: float, integer: bool, what: str) -> Any:
-    """An optional numeric field, checked for type and range; absent or null means the default."""
-    value = body.get(name)
-    if value is None:
-        return default
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
-        kind = "an integer" if integer else "a number"
-        raise BadRequest(f"'{name}' must be {kind} {what}, got {_describe(value)} ({json_type(value)})", name)
-    if not lo <= value <= hi:
-        raise BadRequest(f"'{name}' must be {what}, got {value}", name)
-    return value
+# Our own checks raise these two pydantic error types: a "problem" reads after the field's name
+# ("messages[0].content" + " is empty"), a "refusal" is a whole sentence with the param in its ctx.
+def problem(message: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError("problem", message, ctx)
 
 
-def _content(message: dict, where: str) -> str:
-    """A message's text: a string, or OpenAI's list of {"type": "text", "text": ...} parts joined by newlines."""
-    if "content" not in message:
-        raise BadRequest(f"{where} has no 'content'", where)
-    content = message["content"]
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            here = f"{where}.content[{j}]"
-            if not isinstance(part, dict):
-                raise BadRequest(f"{here} must be an object like {{\"type\": \"text\", \"text\": \"...\"}}, got {json_type(part)}", here)
-            if part.get("type") != "text":
-                raise BadRequest(f"{here} has type {_describe(part.get('type'))}; only \"text\" parts are supported", here)
-            if not isinstance(part.get("text"), str):
-                raise BadRequest(f"{here}.text must be a string, got {json_type(part.get('text'))}", here)
-            texts.append(part["text"])
-        content = "\n".join(texts)
-    elif not isinstance(content, str):
-        raise BadRequest(f"{where}.content must be a string or a list of text parts, got {json_type(content)}", f"{where}.content")
-    if not content.strip():
-        raise BadRequest(f"{where}.content is empty", f"{where}.content")
-    return content
+def refusal(message: str, param: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError("refusal", message, {**ctx, "param": param})
 
 
-def parse_messages(raw: Any, settings: Settings) -> list[dict[str, str]]:
-    """Check a conversation for generation: an optional system message, then user/assistant turns ending with user."""
-    if raw is None:
-        raise BadRequest("'messages' is required: a list of {\"role\": ..., \"content\": ...} objects", "messages")
-    if not isinstance(raw, list):
-        raise BadRequest(f"'messages' must be an array of messages, got {json_type(raw)}", "messages")
-    if not raw:
-        raise BadRequest("'messages' is empty; send at least one user message", "messages")
-    if len(raw) > settings.max_messages:
-        raise BadRequest(f"too many messages: {len(raw)} (the limit is {settings.max_messages}); start a new conversation", "messages")
-    messages, total = [], 0
-    for i, m in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise BadRequest(f"{where} must be an object with 'role' and 'content', got {json_type(m)}", where)
-        role = m.get("role")
-        if not isinstance(role, str):
-            problem = f"{where} has no 'role'" if role is None else f"{where}.role must be a string, got {json_type(role)}"
-            raise BadRequest(problem, f"{where}.role")
-        role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
-        if role not in ROLES:
-            raise BadRequest(f"{where}.role is {_describe(role)}; it must be one of \"system\", \"user\", \"assistant\"", f"{where}.role")
-        content = _content(m, where)
-        if len(content) > settings.max_message_chars:
-            raise BadRequest(f"{where}.content is {len(content)} characters; the limit is {settings.max_message_chars}", f"{where}.content")
-        total += len(content)
-        messages.append({"role": role, "content": content})
-    if total > settings.max_conversation_chars:
-        raise BadRequest(f"the conversation is {total} characters; the limit is {settings.max_conversation_chars} "
-                         "(start a new conversation or shorten it)", "messages")
-    turns = messages[1:] if messages[0]["role"] == "system" else messages
-    offset = len(messages) - len(turns)
-    if not turns:
-        raise BadRequest("the conversation has only a system message; add a user message after it", "messages")
-    for j, m in enumerate(turns):
-        expected = "user" if j % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            i = j + offset
-            if m["role"] == "system":
-                raise BadRequest(f"messages[{i}] is a system message; only the first message may be one", f"messages[{i}].role")
-            raise BadRequest(f"messages[{i}] has role \"{m['role']}\" where \"{expected}\" was expected: after an optional "
-                             "system message, user and assistant messages must alternate, starting with user", f"messages[{i}].role")
-    if turns[-1]["role"] != "user":
-        raise BadRequest("the last message is the assistant's; the conversation must end with a user message to reply to", "messages")
-    return messages
+class TextPart(BaseModel):
+    """One part of OpenAI's list-of-parts content."""
+
+    type: str
+    text: StrictStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def only_text(cls, part: Any) -> Any:
+        if isinstance(part, dict) and part.get("type") != "text":
+            raise problem('has type {type}; only "text" parts are supported', type=_describe(part.get("type")))
+        return part
 
 
-def parse_chat_request(body: Any, settings: Settings, openai: bool) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise BadRequest(f"the request body must be a JSON object, got {json_type(body)}")
-    messages = parse_messages(body.get("messages"), settings)
-    temperature = _number(body, "temperature", settings.temperature, 0.0, MAX_TEMPERATURE, False, f"from 0 to {MAX_TEMPERATURE:g}")
-    top_k = _number(body, "top_k", settings.top_k, 0, MAX_TOP_K, True, f"from 1 to {MAX_TOP_K} (0: no top-k)")
-    max_tokens = _number(body, "max_tokens", settings.max_tokens, 1, settings.max_max_tokens, True,
-                         f"from 1 to {settings.max_max_tokens}")
-    seed = _number(body, "seed", None, 0, 2**63 - 1, True, "from 0 to 2^63-1")
-    chat = ChatRequest(messages, float(temperature), top_k or None, max_tokens,
-                       secrets.randbits(63) if seed is None else seed)  # no seed: a fresh one, so regenerating differs
-    if not openai:
-        return chat
-    # OpenAI's newer name for max_tokens wins when both are given
-    chat.max_tokens = _number(body, "max_completion_tokens", chat.max_tokens, 1, settings.max_max_tokens, True,
-                              f"from 1 to {settings.max_max_tokens}")
-    chat.max_tokens_asked = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
-    _number(body, "top_p", None, 0.0, 1.0, False, "from 0 to 1")
-    refuse_unsupported(body)
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise BadRequest(f"'n' must be 1 (one choice per request), got {_describe(n)}", "n")
-    if body.get("stop") not in (None, [], ""):
-        raise BadRequest("'stop' sequences are not supported; the model stops at the end of its turn", "stop")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest(f"'stream' must be true or false, got {_describe(stream)}", "stream")
-    chat.stream = bool(stream)
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest(f"'model' must be a string, got {json_type(model)}", "model")
-    chat.model = model
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise BadRequest(f"'stream_options' must be an object, got {json_type(options)}", "stream_options")
-        chat.include_usage = bool(options.get("include_usage"))
-    return chat
+# a string, or a list of text parts; anything else is one clear error rather than one per union member
+CONTENT_TAGS = ("str", "parts")  # the union's branch names, which pydantic puts in an error's location
+Content = Annotated[
+    Annotated[StrictStr, Tag("str")] | Annotated[list[TextPart], Tag("parts")],
+    Discriminator(lambda v: "str" if isinstance(v, str) else "parts" if isinstance(v, list) else None,
+                  custom_error_type="content_type", custom_error_message="not a string or a list of text parts"),
+]
+
+
+def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]]:
+    """
+    The bodies the UI's endpoint and /v1/chat/completions accept, this server's limits as field
+    constraints. A field's description is the range its errors quote; null means the default.
+    """
+    tokens = f"from 1 to {settings.max_max_tokens}"
+    MaxTokens = Annotated[int, Field(strict=True, ge=1, le=settings.max_max_tokens)]
+
+    class Message(BaseModel):
+        role: Literal["system", "developer", "user", "assistant"]
+        content: Content
+
+        @field_validator("role")
+        @classmethod
+        def system(cls, role: str) -> str:
+            return "system" if role == "developer" else role  # OpenAI's newer name for the system role
+
+        @field_validator("content")
+        @classmethod
+        def text(cls, content: str | list[TextPart]) -> str:
+            text = content if isinstance(content, str) else "\n".join(part.text for part in content)
+            if not text.strip():
+                raise problem("is empty")
+            if len(text) > settings.max_message_chars:
+                raise problem("is {n} characters; the limit is {limit}", n=len(text), limit=settings.max_message_chars)
+            return text
+
+    class ChatBody(BaseModel):
+        """The UI's request; its unknown fields are ignored."""
+
+        messages: Annotated[list[Message], Field(min_length=1, max_length=settings.max_messages)]
+        temperature: Annotated[float, Field(strict=True, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)] | None = \
+            Field(None, description=f"from 0 to {MAX_TEMPERATURE:g}")
+        top_k: Annotated[int, Field(strict=True, ge=0, le=MAX_TOP_K)] | None = \
+            Field(None, description=f"from 1 to {MAX_TOP_K} (0: no top-k)")
+        max_tokens: MaxTokens | None = Field(None, description=tokens)
+        seed: Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)] | None = Field(None, description="from 0 to 2^63-1")
+
+        @model_validator(mode="after")
+        def conversation(self) -> ChatBody:
+            """Within the size limit; an optional system message, then user and assistant turns ending with user."""
+            total = sum(len(m.content) for m in self.messages)
+            if total > settings.max_conversation_chars:
+                raise refusal("the conversation is {total} characters; the limit is {limit} (start a new conversation "
+                              "or shorten it)", "messages", total=total, limit=settings.max_conversation_chars)
+            offset = 1 if self.messages[0].role == "system" else 0
+            if offset == len(self.messages):
+                raise refusal("the conversation has only a system message; add a user message after it", "messages")
+            for i, m in enumerate(self.messages[offset:], start=offset):
+                expected = "user" if (i - offset) % 2 == 0 else "assistant"
+                if m.role == "system":
+                    raise refusal("messages[{i}] is a system message; only the first message may be one",
+                                  f"messages[{i}].role", i=i)
+                if m.role != expected:
+                    raise refusal('messages[{i}] has role "{role}" where "{expected}" was expected: after an optional '
+                                  "system message, user and assistant messages must alternate, starting with user",
+                                  f"messages[{i}].role", i=i, role=m.role, expected=expected)
+            if self.messages[-1].role != "user":
+                raise refusal("the last message is the assistant's; the conversation must end with a user message "
+                              "to reply to", "messages")
+            return self
+
+    class OpenAIBody(ChatBody):
+        """/v1/chat/completions: OpenAI's fields too; unknown ones are kept to be logged."""
+
+        model_config = ConfigDict(extra="allow")
+        max_completion_tokens: MaxTokens | None = Field(None, description=tokens)  # OpenAI's newer name: it wins
+        n: Annotated[int, Field(strict=True, ge=1, le=1)] | None = Field(None, description="1 (one choice per request)")
+        stream: StrictBool | None = None
+        stream_options: StreamOptions | None = None
+        model: StrictStr | None = None
+        stop: Any = None
+        top_p: Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)] | None = \
+            Field(None, description="from 0 to 1")
+
+        @model_validator(mode="after")
+        def honoured(self) -> OpenAIBody:
+            """Refuse what this server cannot do, by name, unless it asks for the default."""
+            asked = {**(self.model_extra or {}), "top_p": self.top_p}
+            for name, (default, why) in UNSUPPORTED.items():
+                value = asked.get(name)
+                if value is not None and not _same_value(value, default):
+                    raise refusal("'{name}' is not supported: {why} (got {got})", name, name=name, why=why,
+                                  got=_describe(value))
+            if self.stop not in (None, [], ""):
+                raise refusal("'stop' sequences are not supported; the model stops at the end of its turn", "stop")
+            unknown = sorted(set(self.model_extra or {}) - BOOKKEEPING - set(UNSUPPORTED))
+            if unknown:  # as vLLM does: a newer client's extra fields are ignored, and the log says which
+                logger.warning("ignored unknown request fields: %s", ", ".join(unknown))
+            return self
+
+    return ChatBody, OpenAIBody
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+# what each pydantic type error expects, in words
+EXPECTED = {"float_type": "a number", "finite_number": "a number", "int_type": "an integer", "bool_type": "true or false",
+            "string_type": "a string", "dict_type": "an object", "model_type": "an object", "list_type": "an array",
+            "content_type": "a string or a list of text parts"}
+VALUE_SHOWN = {"float_type", "finite_number", "int_type", "bool_type"}  # scalars are quoted back; structures named
+
+
+def explain(error: ErrorDetails, body_model: type[BaseModel]) -> BadRequest:
+    """A pydantic validation error as the 400 a person can act on: what is wrong, where, and what was sent."""
+    loc = [x for x in error["loc"] if x not in CONTENT_TAGS]
+    param = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or None
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "refusal":
+        return BadRequest(error["msg"], ctx["param"])
+    where = f"'{param}'" if len(loc) == 1 else param or "the request body"
+    field = body_model.model_fields.get(loc[0]) if len(loc) == 1 else None
+    what = f" {field.description}" if field is not None and field.description else ""
+    if kind == "problem":
+        message = f"{where} {error['msg']}"
+    elif kind == "missing":
+        message = f"{where} is required" if len(loc) == 1 else f"{where.rsplit('.', 1)[0]} has no '{loc[-1]}'"
+    elif kind in ("greater_than_equal", "less_than_equal"):
+        message = f"{where} must be{what}, got {_describe(value)}"
+    elif kind == "too_short":
+        message = f"{where} is empty; send at least one user message"
+    elif kind == "too_long":
+        message = f"too many {loc[-1]}: {ctx['actual_length']} (the limit is {ctx['max_length']}); start a new conversation"
+    elif kind == "literal_error":
+        message = f"{where} is {_describe(value)}; it must be one of {ctx['expected']}"
+    elif kind in EXPECTED:
+        expected = "a JSON object" if not loc else f"an array of {loc[-1]}" if kind == "list_type" else EXPECTED[kind]
+        got = f"{_describe(value)} ({json_type(value)})" if kind in VALUE_SHOWN else json_type(value)
+        message = f"{where} must be {expected}{what}, got {got}"
+    else:
+        message = f"{where}: {error['msg']}"
+    return BadRequest(message, param)
+
+
+def parse_chat_request(body: Any, model: type[BaseModel], settings: Settings) -> ChatRequest:
+    """The generation a body asks for, with the server's defaults where it asks nothing; BadRequest otherwise."""
+    try:
+        parsed = model.model_validate(body)
+    except ValidationError as e:
+        raise explain(e.errors()[0], model) from None  # the first problem, as a person fixes them one by one
+    asked = getattr(parsed, "max_completion_tokens", None) or parsed.max_tokens
+    options = getattr(parsed, "stream_options", None)
+    return ChatRequest(
+        messages=[{"role": m.role, "content": m.content} for m in parsed.messages],
+        temperature=float(settings.temperature if parsed.temperature is None else parsed.temperature),
+        top_k=(settings.top_k if parsed.top_k is None else parsed.top_k) or None,
+        max_tokens=asked or settings.max_tokens,
+        seed=secrets.randbits(63) if parsed.seed is None else parsed.seed,  # no seed: a fresh one, so regenerating differs
+        stream=bool(getattr(parsed, "stream", True)),  # the UI's endpoint always streams
+        model=getattr(parsed, "model", None),
+        include_usage=options is not None and options.include_usage,
+        max_tokens_asked=asked is not None,
+    )
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, str]]  # roles checked, content joined into a str
+    temperature: float
+    top_k: int | None  # None: no top-k
+    max_tokens: int
+    seed: int
+    stream: bool = False
+    model: str | None = None
+    include_usage: bool = False
+    max_tokens_asked: bool = False  # the client set max_tokens (or max_completion_tokens) itself
 
 
 async def read_json(request: Request, limit: int, timeout: float) -> Any:
@@ -529,6 +581,10 @@ class Generation:
                     len(self.prompt), n, what, seconds, self.queued_s, rate,
                     self.worker.index if self.worker else "-")
 
+    def usage(self) -> dict[str, int]:
+        n = self.reply.completion_tokens
+        return {"prompt_tokens": len(self.prompt), "completion_tokens": n, "total_tokens": len(self.prompt) + n}
+
     def summary(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
         return {
@@ -547,6 +603,56 @@ def sse(data: Any) -> bytes:
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class UIEvents:
+    """The UI's stream: {"token": text} per piece, then {"done": true, ...summary}, or {"error": ...}."""
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def piece(self, text: str) -> bytes:
+        return sse({"token": text})
+
+    def failed(self, message: str) -> bytes:
+        return sse({"error": message})
+
+    def done(self, gen: Generation) -> list[bytes]:
+        return [sse({"done": True, **gen.summary()})]
+
+
+class OpenAIChunks:
+    """OpenAI's chat.completion.chunk stream (a role, content deltas, the finish reason, usage, [DONE]) and its whole-reply body."""
+
+    def __init__(self, model: str, chat: ChatRequest) -> None:
+        self.model, self.include_usage = model, chat.include_usage
+        self.id, self.created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": choices, **extra})
+
+    def _delta(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+
+    def start(self) -> list[bytes]:
+        return [self._delta({"role": "assistant", "content": ""})]
+
+    def piece(self, text: str) -> bytes:
+        return self._delta({"content": text})
+
+    def failed(self, message: str) -> bytes:
+        return sse(error_body(message, "server_error"))
+
+    def done(self, gen: Generation) -> list[bytes]:
+        usage = [self._chunk([], usage=gen.usage())] if self.include_usage else []
+        return [self._delta({}, gen.reply.finish_reason), *usage, b"data: [DONE]\n\n"]
+
+    def completion(self, text: str, gen: Generation) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                             "finish_reason": gen.reply.finish_reason}],
+                "usage": gen.usage()}
 
 
 # ---- the app ----
@@ -594,6 +700,8 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
     app.add_middleware(RequestLog)
     ui_html = importlib.resources.files("nanochat").joinpath("ui.html").read_text(encoding="utf-8")
 
+    ui_body, openai_body = request_models(settings)
+
     def state() -> ServerState:
         return state_holder["state"]
 
@@ -603,14 +711,6 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
         request.scope["nanochat.error"] = e.message  # for the request's log line
         return JSONResponse(error_body(e.message, param=e.param, code=e.code), status_code=e.status,
                             headers={"Connection": "close"} if e.close else None)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        # FastAPI's default is a 422 with pydantic's raw error list; say it in a sentence instead
-        problems = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body') or 'body'}: {err.get('msg')}"
-                             for err in e.errors())
-        state().stats.rejected += 1
-        return JSONResponse(error_body(f"invalid request: {problems}"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -626,7 +726,7 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
     async def prepare(request: Request, openai: bool) -> tuple[ChatRequest, list[int]]:
         s = state()
         body = await read_json(request, s.settings.max_body_bytes, s.settings.body_timeout)
-        chat = parse_chat_request(body, s.settings, openai)
+        chat = parse_chat_request(body, openai_body if openai else ui_body, s.settings)
         if chat.model is not None and chat.model != s.model_name:
             raise BadRequest(f"the model `{chat.model}` does not exist; this server serves `{s.model_name}` "
                              "(GET /v1/models)", "model", status=404, code="model_not_found")
@@ -669,72 +769,44 @@ def create_app(workers: list[Worker], settings: Settings, model_name: str) -> Fa
         return {"object": "list", "data": [{"id": s.model_name, "object": "model", "created": int(s.stats.started),
                                             "owned_by": "nanochat"}]}
 
-    @app.post("/chat/completions")
-    async def ui_chat(request: Request) -> Response:
-        chat, prompt = await prepare(request, openai=False)
-        chat.stream = True
+    async def generate(request: Request, openai: bool) -> Response:
+        """Both endpoints' one path: check the request, queue for a worker, stream (or collect) the reply."""
+        chat, prompt = await prepare(request, openai)
         gen = Generation(state(), request, chat, prompt)
-
-        async def events() -> AsyncIterator[bytes]:
+        if not chat.stream:
+            pieces = []
             try:
                 async for piece in gen.run():
-                    yield sse({"token": piece})
+                    pieces.append(piece)
             except GenerationFailed as e:
-                yield sse({"error": f"generation failed: {e}"})
+                return JSONResponse(error_body(f"generation failed: {e}", "server_error"), status_code=500)
+            if gen.outcome != "ok":  # the client left; nobody reads this
+                return Response(status_code=499)
+            return JSONResponse(OpenAIChunks(state().model_name, chat).completion("".join(pieces), gen))
+        events = OpenAIChunks(state().model_name, chat) if openai else UIEvents()
+
+        async def stream() -> AsyncIterator[bytes]:
+            for event in events.start():
+                yield event
+            try:
+                async for piece in gen.run():
+                    yield events.piece(piece)
+            except GenerationFailed as e:
+                yield events.failed(f"generation failed: {e}")
                 return
             if gen.outcome == "ok":
-                yield sse({"done": True, **gen.summary()})
+                for event in events.done(gen):
+                    yield event
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @app.post("/chat/completions")
+    async def ui_chat(request: Request) -> Response:
+        return await generate(request, openai=False)
 
     @app.post("/v1/chat/completions")
     async def openai_chat(request: Request) -> Response:
-        chat, prompt = await prepare(request, openai=True)
-        gen = Generation(state(), request, chat, prompt)
-        completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-        model = state().model_name
-
-        def usage() -> dict[str, int]:
-            n = gen.reply.completion_tokens
-            return {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
-
-        if chat.stream:
-            def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
-                return sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
-
-            async def events() -> AsyncIterator[bytes]:
-                yield chunk({"role": "assistant", "content": ""})
-                try:
-                    async for piece in gen.run():
-                        yield chunk({"content": piece})
-                except GenerationFailed as e:
-                    yield sse(error_body(f"generation failed: {e}", "server_error"))
-                    return
-                if gen.outcome != "ok":
-                    return
-                yield chunk({}, gen.reply.finish_reason)
-                if chat.include_usage:
-                    yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                               "choices": [], "usage": usage()})
-                yield b"data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-        pieces = []
-        try:
-            async for piece in gen.run():
-                pieces.append(piece)
-        except GenerationFailed as e:
-            return JSONResponse(error_body(f"generation failed: {e}", "server_error"), status_code=500)
-        if gen.outcome != "ok":  # the client left; nobody reads this
-            return Response(status_code=499)
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
-                         "logprobs": None, "finish_reason": gen.reply.finish_reason}],
-            "usage": usage(),
-        })
+        return await generate(request, openai=True)
 
     return app
 

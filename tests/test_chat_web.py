@@ -690,3 +690,17 @@ def test_their_default_values_and_bookkeeping_fields_are_accepted(tiny_app, monk
     # JSON's true is not the number 1
     r = tiny_app.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2, "frequency_penalty": False})
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("body,param,message", [
+    ({"messages": HI, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage",
+     "stream_options.include_usage must be true or false, got \"yes\" (string)"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 7}]}]}, "messages[0].content[0].text",
+     "messages[0].content[0].text must be a string, got number"),
+    ({"messages": HI, "top_k": 1e999}, "top_k", "'top_k' must be an integer from 1 to 200 (0: no top-k), got Infinity (number)"),
+])
+def test_a_body_the_models_refuse_is_a_400_naming_the_field(tiny_app, body, param, message):
+    # the request bodies are pydantic models; their errors read as a sentence, with the field as `param`
+    r = tiny_app.post("/v1/chat/completions", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param, "code": None}
