@@ -489,15 +489,72 @@ _FARM = [("chicken", "chickens"), ("cow", "cows"), ("duck", "ducks"), ("horse", 
          ("ant", "ants"), ("dog", "dogs"), ("beetle", "beetles")]
 
 
-def _distractor(rng: random.Random, p: Person, about_p: bool) -> str:
-    """A sentence with a number that has nothing to do with the question (about p when the problem is)."""
+def _distractor(rng: random.Random, p: Person, about_p: bool, facts: str) -> str:
+    """
+    A sentence with a number that has nothing to do with the question (about p when the
+    problem is). Some look relevant: someone else's count of the very things the question
+    counts, so the model has to read whose things are asked about.
+    """
     generic = [f"It is {rng.randint(2, 35)} degrees outside.", f"The shop opened {rng.randint(2, 99)} years ago.",
                f"The bus ride takes {rng.randint(5, 55)} minutes."]
     personal = [f"{p.name} has {plural(rng.randint(2, 9), 'cousin', 'cousins')}.",
                 f"{p.his.capitalize()} house is {rng.randint(2, 900)} meters from the school.",
-                f"{p.name} is {rng.randint(7, 60)} years old.",
                 f"{p.he.capitalize()} has {plural(rng.randint(2, 6), 'pet fish', 'pet fish')} at home."]
+    if "years old" not in facts:  # an age problem states the ages that matter
+        personal.append(f"{p.name} is {rng.randint(7, 60)} years old.")
+    counted = [things for _, things in _THINGS if f" {things}" in facts]
+    if counted:
+        other = make_person(rng, avoid=p.name)
+        if other.name not in facts:
+            generic = generic + [f"{other.name} has {rng.randint(2, 90)} {counted[0]}."] * 2
     return rng.choice(generic + personal if about_p else generic)
+
+
+def _running_total(rng, p):
+    """
+    A count that changes two to four times, one sentence each: the steps only come out right
+    if every sentence is read, in order, which is what separates a model that follows the text
+    from one that has learned a template's shape.
+    """
+    _, things = rng.choice(_THINGS)
+    friend = make_person(rng, avoid=p.name)
+    count = rng.randint(5, 60)
+    facts, lines = [f"{p.name} has {count} {things}."], []
+    num_steps = rng.randint(2, 4)  # calculator steps, as every template takes
+    while len(lines) < num_steps:
+        kind = rng.choice(["gain", "lose", "packs", "times", "share"])
+        if kind == "packs" and len(lines) + 2 > num_steps:
+            kind = "gain"
+        if kind == "times" and count <= 150:
+            k = rng.randint(2, 3)
+            facts.append(rng.choice([f"Then {p.he} has {k} times as many {things} as before.",
+                                     f"{p.he.capitalize()} {['doubles', 'triples'][k - 2]} {p.his} {things}."]))
+            step, count = _calc(count, "*", k)
+            lines.append(f"{p.he.capitalize()} then has {step} {things}.")
+        elif kind == "share" and any(count % k == 0 and count // k >= 2 for k in (2, 3, 4)):
+            k = rng.choice([k for k in (2, 3, 4) if count % k == 0 and count // k >= 2])
+            facts.append(f"{p.he.capitalize()} splits them into {k} equal piles and keeps one pile.")
+            step, count = _calc(count, "/", k)
+            lines.append(f"One pile has {step} {things}.")
+        elif kind == "packs":
+            packs, per_pack = rng.randint(2, 6), rng.randint(3, 12)
+            facts.append(f"{p.he.capitalize()} buys {packs} packs with {per_pack} {things} in each pack.")
+            step1, bought = _calc(packs, "*", per_pack)
+            step2, count = _calc(count, "+", bought)
+            lines += [f"The packs hold {step1} {things}.", f"{p.he.capitalize()} now has {step2} {things}."]
+        elif kind == "lose" and count > 3:
+            n = rng.randint(1, count - 2)
+            facts.append(rng.choice([f"{p.he.capitalize()} gives {n} {things} to {friend.name}.",
+                                     f"{p.he.capitalize()} loses {n} {things} on the way home."]))
+            step, count = _calc(count, "-", n)
+            lines.append(f"{p.he.capitalize()} has {step} {things} left.")
+        else:
+            n = rng.randint(2, 60)
+            facts.append(rng.choice([f"{friend.name} gives {p.him} {n} more {things}.",
+                                     f"{p.he.capitalize()} finds {n} more {things}."]))
+            step, count = _calc(count, "+", n)
+            lines.append(f"{p.he.capitalize()} then has {step} {things}.")
+    return facts, f"How many {things} does {p.name} have now?", lines, count
 
 
 def _shopping(rng, p):
@@ -742,6 +799,7 @@ def _bus_rides(rng, p):
 _ARITHMETIC_TEMPLATES = [_shopping, _sharing, _ages, _travel, _collecting, _baking, _saving, _reading, _garden,
                          _school_trip, _farm_legs, _wages, _stamps, _store, _tickets, _bus_rides]
 DISTRACTOR_PROBABILITY = 0.5
+RUNNING_TOTAL_PROBABILITY = 0.5  # the fixed templates alone are learned almost perfectly by a d4 model
 WORD_NUMBER_PROBABILITY = 0.75  # of each count under 100 (not money) in a question
 
 
@@ -759,10 +817,11 @@ def _in_words(rng: random.Random, text: str) -> str:
 
 def _arithmetic_problem(rng: random.Random) -> dict:
     p = make_person(rng)
-    facts, question, lines, answer = rng.choice(_ARITHMETIC_TEMPLATES)(rng, p)
+    template = _running_total if rng.random() < RUNNING_TOTAL_PROBABILITY else rng.choice(_ARITHMETIC_TEMPLATES)
+    facts, question, lines, answer = template(rng, p)
     if rng.random() < DISTRACTOR_PROBABILITY:
         about_p = p.name in facts[0]  # only then may "he" or "his" in a detail refer to someone
-        facts.insert(rng.randint(1, len(facts)), _distractor(rng, p, about_p))  # after the first sentence
+        facts.insert(rng.randint(1, len(facts)), _distractor(rng, p, about_p, " ".join(facts)))  # after the first sentence
     return {"question": _in_words(rng, " ".join(facts + [question])), "answer": "\n".join(lines + [f"#### {answer}"])}
 
 
