@@ -11,17 +11,16 @@ renders back into the very tokens the model wrote.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nanochat.checkpoint_manager import SOURCES, find_largest_model, load_model
-from nanochat.common import get_base_dir
+from nanochat.checkpoint_manager import find_largest_model, load_model
 from nanochat.engine import Engine
 from nanochat.gpt import GPT
+from nanochat.stages import get_stage
 from nanochat.tokenizer import RustBPETokenizer
 from nanochat.training import autocast_context, resolve_dtype
 
@@ -54,7 +53,7 @@ def load_chat_model(source: str, device: torch.device, dtype: str = "auto", mode
         return contextlib.nullcontext() if convert else autocast_context(device.type, torch_dtype)
 
     # load_model chose the tag when none was given; it is the deepest one, which we can name
-    tag = model_tag or find_largest_model(os.path.join(get_base_dir(), SOURCES[source][0]))
+    tag = model_tag or find_largest_model(get_stage(source).checkpoints_dir())
     return LoadedModel(model, tokenizer, meta, f"nanochat-{source}-{tag}", device, autocast)
 
 

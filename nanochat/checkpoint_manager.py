@@ -27,15 +27,8 @@ import torch.distributed as dist
 
 from nanochat.common import NanochatError, atomic_write, command_here, found_elsewhere, get_base_dir, get_dist_info, logger
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.stages import get_stage
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer, get_tokenizer_dir
-
-# source → (folder under the base dir, the script that fills it)
-SOURCES = {
-    "base": ("base_checkpoints", "scripts.base_train"),
-    "mid": ("mid_checkpoints", "scripts.mid_train"),
-    "sft": ("chatsft_checkpoints", "scripts.chat_sft"),
-    "rl": ("chatrl_checkpoints", "scripts.chat_rl"),
-}
 
 # torch.compile wraps the model, and a compiled model's state dict keys carry this prefix
 COMPILED_PREFIX = "_orig_mod."
@@ -406,19 +399,15 @@ def build_model(
 
 def checkpoint_dir_for(source: str, model_tag: str) -> str:
     """Where a stage saves (and later stages load) the checkpoints of one model tag."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
-    return os.path.join(get_base_dir(), SOURCES[source][0], model_tag)
+    return os.path.join(get_stage(source).checkpoints_dir(), model_tag)
 
 
 def load_model(
     source: str, device: torch.device | str, phase: str, model_tag: str | None = None, step: int | None = None
 ) -> tuple[GPT, RustBPETokenizer, dict[str, Any]]:
     """The model a stage produced: by default its deepest model tag at its last step."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
-    folder, script = SOURCES[source]
-    checkpoints_dir = os.path.join(get_base_dir(), folder)
+    stage = get_stage(source)
+    checkpoints_dir = stage.checkpoints_dir()
     try:
         if model_tag is None:
             model_tag = find_largest_model(checkpoints_dir)
@@ -426,5 +415,5 @@ def load_model(
         if step is None:
             step = find_last_step(checkpoint_dir)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; to make one here, train a {source} model with `{command_here(f'python -m {script}')}`") from e
+        raise CheckpointError(f"{e}; to make one here, train a {source} model with `{command_here(f'python -m {stage.script}')}`") from e
     return build_model(checkpoint_dir, step, device, phase)

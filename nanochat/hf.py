@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from nanochat.checkpoint_manager import SOURCES, checkpoint_dir_for, save_checkpoint
+from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
 from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, LOGIT_SOFTCAP, ROTARY_BASE, GPTConfig
+from nanochat.stages import STAGES, lineage
 from nanochat.tokenizer import SPECIAL_TOKENS, RustBPETokenizer, TokenizerNotFoundError, get_tokenizer_dir
 
 CONFIG_FILE = "config.json"
@@ -371,15 +372,6 @@ def from_hf_tokenizer(tokenizer_json: dict[str, Any], where: str) -> RustBPEToke
 
 # ---- the model card ----
 
-# what each stage teaches, in pipeline order (DESIGN.md)
-STAGES = {
-    "base": "next-token pretraining on web text (FineWeb-Edu)",
-    "mid": "chat format, tool use and multiple choice (SmolTalk, MMLU auxiliary-train, GSM8K, identity, spelling)",
-    "sft": "supervised fine-tuning, one conversation at a time, loss on assistant tokens (ARC, GSM8K, SmolTalk, identity, spelling)",
-    "rl": "reinforcement learning on GSM8K: sampled answers, rewarded by correctness, group-relative policy gradient",
-}
-
-
 def report_summary(report_path: str) -> str | None:
     """The "## Summary" section (metrics per stage, wall time, cost) of a generated report.md, if there is one."""
     try:
@@ -394,7 +386,7 @@ def report_summary(report_path: str) -> str | None:
 def model_card(model: GPT, source: str, meta: dict[str, Any], summary: str | None) -> str:
     """README.md for the exported folder: architecture, training stages, the run's numbers, usage."""
     cfg = model.config
-    stages = list(STAGES)[: list(STAGES).index(source) + 1] if source in STAGES else [source]
+    stages = lineage(source)
     numbers = {k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     lines = [
         "---",
@@ -424,7 +416,7 @@ def model_card(model: GPT, source: str, meta: dict[str, Any], summary: str | Non
         "",
         "## Training",
         "",
-        *[f"{i}. `{stage}`: {STAGES.get(stage, '')}" for i, stage in enumerate(stages, 1)],
+        *[f"{i}. `{stage}`: {STAGES[stage].learns}" for i, stage in enumerate(stages, 1)],
         "",
     ]
     if numbers:
@@ -562,8 +554,8 @@ def import_folder(model_dir: str, stage: str, model_tag: str | None = None) -> s
     and its tokenizer into the base dir's tokenizer files. Everything is checked before anything
     is written. Returns the checkpoint folder.
     """
-    if stage not in SOURCES:
-        raise HFInteropError(f"stage must be one of {sorted(SOURCES)}, not {stage!r}")
+    if stage not in STAGES:
+        raise HFInteropError(f"stage must be one of {sorted(STAGES)}, not {stage!r}")
     config, state, tokenizer = load_folder(model_dir)
     checkpoint_dir = checkpoint_dir_for(stage, model_tag or f"d{config.n_layer}")
     if os.path.isdir(checkpoint_dir) and any(n.startswith("meta_") for n in os.listdir(checkpoint_dir)):

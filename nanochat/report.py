@@ -33,35 +33,22 @@ import time
 from typing import Any
 
 from nanochat.common import NanochatError, atomic_write, found_elsewhere, get_base_dir, get_dist_info, run_main
+from nanochat.stages import STAGES
 
 # when this process started its stage, near enough: every script imports this module at its top
 PROCESS_STARTED = time.time()
 
-# pipeline order; sections not listed here come after, alphabetically
-SECTION_ORDER = [
-    "header",
-    "tokenizer-training",
-    "tokenizer-evaluation",
-    "base-model-training",
-    "base-model-loss",
-    "base-model-evaluation",
-    "chat-evaluation-base",
-    "midtraining",
-    "chat-evaluation-mid",
-    "chat-sft",
-    "chat-evaluation-sft",
-    "chat-rl",
-    "chat-evaluation-rl",
-]
 
-# the summary table: which sections belong to which stage (a column is shown once its stage, or a
-# later one, has logged anything), and where each metric comes from
-STAGES = {
-    "BASE": ["base-model-training", "base-model-loss", "base-model-evaluation", "chat-evaluation-base"],
-    "MID": ["midtraining", "chat-evaluation-mid"],
-    "SFT": ["chat-sft", "chat-evaluation-sft"],
-    "RL": ["chat-rl", "chat-evaluation-rl"],
-}
+
+def slugify(text: str) -> str:
+    return "-".join(text.lower().replace("_", " ").split())
+
+
+# each stage's sections, from the registry: a stage's column in the summary table is shown once
+# it (or a later stage) has logged any of them
+STAGE_SECTIONS = {name: [slugify(title) for title in stage.sections] for name, stage in STAGES.items()}
+# pipeline order; sections not listed here come after, alphabetically
+SECTION_ORDER = ["header", "tokenizer-training", "tokenizer-evaluation", *(s for slugs in STAGE_SECTIONS.values() for s in slugs)]
 CHATCORE_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]  # as tasks.EVAL_TASK_NAMES
 CHAT_METRICS = [*CHATCORE_TASKS, "ChatCORE"]
 SUMMARY_METRICS = ["CORE", *CHAT_METRICS]
@@ -69,13 +56,13 @@ SUMMARY_METRICS = ["CORE", *CHAT_METRICS]
 # ChatCORE are centered on chance already (the same baselines as ChatCORE's, nanochat.task_eval)
 CHANCE = {"CORE": 0.0, "ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
           "SpellingBee": 0.0, "ChatCORE": 0.0}
-# CORE of the base model: base_eval's result, else the last one base_train measured
-CORE_SOURCES = [("base-model-evaluation", "CORE metric"), ("base-model-training", "core_metric")]
+# CORE of the base model, found in the base stage's sections: base_eval's result, else the last one base_train measured
+CORE_KEYS = ["CORE metric", "core_metric"]
 # a change smaller than this between two stages is reported as no change
 NOTABLE_CHANGE = 0.02
 # a stage whose section is logged again replaces it (its model replaced the earlier one); any
 # other section logged again (an evaluation run by hand) gets a section of its own
-TRAINING_SECTIONS = {"tokenizer-training", "base-model-training", "midtraining", "chat-sft", "chat-rl"}
+TRAINING_SECTIONS = {"tokenizer-training", *(slugify(stage.section) for stage in STAGES.values())}
 AGAIN = "-again-"  # slug of an extra run's section: <slug>-again-<n>
 OFFLINE_DATASET = "synthetic"
 RL_LOSS_NOTE = (
@@ -87,10 +74,6 @@ RL_LOSS_NOTE = (
 
 DEFAULT_GPU_HOUR_USD = 3.0
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def slugify(text: str) -> str:
-    return "-".join(text.lower().replace("_", " ").split())
 
 
 def _format_item(item: Any) -> str:
@@ -449,7 +432,7 @@ class Report:
         return sorted(names, key=order)
 
     def _summary_table(self, records: dict[str, dict]) -> str:
-        present = [stage for stage, slugs in STAGES.items() if any(s in records for s in slugs)]
+        present = [stage for stage, slugs in STAGE_SECTIONS.items() if any(s in records for s in slugs)]
         if not present:
             return "No stage has logged results yet.\n"
         # every column up to the last stage that ran, so a skipped stage shows as a column of "-"
@@ -460,7 +443,7 @@ class Report:
             return f"{value:.4f}" if _is_number(value) else "-"
 
         twins = _twin_values(records)
-        lines = ["| Metric | Chance | " + " | ".join(columns) + " |", "| --- |" + " --- |" * (len(columns) + 1)]
+        lines = ["| Metric | Chance | " + " | ".join(c.upper() for c in columns) + " |", "| --- |" + " --- |" * (len(columns) + 1)]
         for m in SUMMARY_METRICS:
             shown = [c for c in columns if _is_number(values[c].get(m))]
             on_twin = [c for c in shown if (c, m) in twins]
@@ -519,7 +502,7 @@ class Report:
                 if drawn:
                     plots.append(png)
                     parts.append(f"![{records[name].get('section', name)} curves]({os.path.basename(png)})\n\n")
-            if name.startswith("chat-rl") and _goes_negative((records.get(name) or {}).get("curves"), "train_loss"):
+            if name == slugify(STAGES["rl"].section) and _goes_negative((records.get(name) or {}).get("curves"), "train_loss"):
                 parts.append(RL_LOSS_NOTE + "\n\n")
 
         # ---- summary: every task's accuracy per stage beside chance, and what each stage changed ----
@@ -615,13 +598,13 @@ def _is_twin(record: dict | None) -> bool:
 def _twin_values(records: dict[str, dict]) -> set[tuple[str, str]]:
     """The (stage, metric) cells of the summary whose numbers were measured on the offline twins."""
     twins = set()
-    core_source = next((s for s, k in CORE_SOURCES if _is_number(_data(records, s).get(k))), None)
-    if core_source is not None and _is_twin(records.get(core_source)):
-        twins.add(("BASE", "CORE"))
-    for stage in STAGES:
-        record = records.get(f"chat-evaluation-{stage.lower()}")
-        if _is_twin(record):
-            twins.update((stage, m) for m in CHAT_METRICS if _is_number(_data(records, f"chat-evaluation-{stage.lower()}").get(m)))
+    core = _core_section(records)
+    if core is not None and _is_twin(records[core[0]]):
+        twins.add(("base", "CORE"))
+    for name, stage in STAGES.items():
+        slug = slugify(stage.eval_section)
+        if _is_twin(records.get(slug)):
+            twins.update((name, m) for m in CHAT_METRICS if _is_number(_data(records, slug).get(m)))
     return twins
 
 
@@ -629,17 +612,22 @@ def _data(records: dict[str, dict], slug: str) -> dict:
     return (records.get(slug) or {}).get("data") or {}
 
 
+def _core_section(records: dict[str, dict]) -> tuple[str, str] | None:
+    """(slug, key) of the base stage's section that holds its CORE, in CORE_KEYS' order of preference."""
+    return next(((slug, key) for key in CORE_KEYS for slug in STAGE_SECTIONS["base"]
+                 if _is_number(_data(records, slug).get(key))), None)
+
+
 def _stage_values(records: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """{stage: {metric: value}}: CORE for BASE, each stage's chat evaluation for the chat metrics."""
-    values: dict[str, dict[str, float]] = {stage: {} for stage in STAGES}
-    core = next((_data(records, s)[k] for s, k in CORE_SOURCES if _is_number(_data(records, s).get(k))), None)
-    if core is not None:
-        values["BASE"]["CORE"] = core
-    for stage in STAGES:
-        chat = _data(records, f"chat-evaluation-{stage.lower()}")
-        values[stage].update({m: chat[m] for m in CHAT_METRICS if _is_number(chat.get(m))})
-        if not all(t in values[stage] for t in CHATCORE_TASKS):  # a ChatCORE over some tasks (logged by older runs)
-            values[stage].pop("ChatCORE", None)
+    """{stage: {metric: value}}: CORE for base, each stage's chat evaluation for the chat metrics."""
+    values: dict[str, dict[str, float]] = {name: {} for name in STAGES}
+    if (core := _core_section(records)) is not None:
+        values["base"]["CORE"] = _data(records, core[0])[core[1]]
+    for name, stage in STAGES.items():
+        chat = _data(records, slugify(stage.eval_section))
+        values[name].update({m: chat[m] for m in CHAT_METRICS if _is_number(chat.get(m))})
+        if not all(t in values[name] for t in CHATCORE_TASKS):  # a ChatCORE over some tasks (logged by older runs)
+            values[name].pop("ChatCORE", None)
     return values
 
 
@@ -648,8 +636,9 @@ _CORE_ROW = re.compile(r"^(\S+)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)$", re.MULTILINE)
 
 
 def _core_tasks(records: dict[str, dict]) -> dict[str, tuple[float, float]]:
-    """{label: (accuracy, centered)} from the table base_eval logs with its section, if there is one."""
-    notes = (records.get("base-model-evaluation") or {}).get("notes") or []
+    """{label: (accuracy, centered)} from the table base_eval logs beside the CORE it reports, if there is one."""
+    core = _core_section(records)
+    notes = (records[core[0]].get("notes") or []) if core is not None else []
     return {m[1]: (float(m[2]), float(m[3])) for note in notes for m in _CORE_ROW.finditer(str(note))}
 
 
@@ -670,28 +659,28 @@ def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float
     sentences = []
     previous: tuple[str, dict[str, float]] | None = None
     for stage in columns:
-        here = values[stage]
-        if stage == "BASE":
+        here, label = values[stage], stage.upper()
+        if stage == "base":
             if "CORE" not in here:
                 sentences.append("BASE: no CORE evaluation.")
                 continue
             tasks = _core_tasks(records)
-            above = [f"{label} {acc:.2f}" for label, (acc, centered) in tasks.items() if centered > 0]
+            above = [f"{task} {acc:.2f}" for task, (acc, centered) in tasks.items() if centered > 0]
             detail = f"; {len(above)} of {len(tasks)} CORE tasks above chance ({', '.join(above)})" if tasks else ""
-            where = " on the offline twin bundle" if ("BASE", "CORE") in twins else ""
+            where = " on the offline twin bundle" if ("base", "CORE") in twins else ""
             sentences.append(f"BASE: pretraining gives CORE {here['CORE']:.4f}{where} (0 is chance){detail}.")
             continue
         chat = {m: v for m, v in here.items() if m in CHAT_METRICS}
         if not chat:
-            sentences.append(f"{stage}: not evaluated.")
+            sentences.append(f"{label}: not evaluated.")
         elif previous is None:
             reached = [f"{m} {v:.2f} (chance {CHANCE[m]:.2f})" for m, v in chat.items() if m != "ChatCORE"]
             where = " on the offline twins" if any((stage, m) in twins for m in chat) else ""
-            sentences.append(f"{stage}: the first chat model scores{where} {', '.join(reached)}.")
+            sentences.append(f"{label}: the first chat model scores{where} {', '.join(reached)}.")
         else:
-            sentences.append(f"{stage}: against {previous[0]}, {_changes(previous[1], chat)}.")
+            sentences.append(f"{label}: against {previous[0]}, {_changes(previous[1], chat)}.")
         if chat:
-            previous = (stage, chat)
+            previous = (label, chat)
     return sentences
 
 

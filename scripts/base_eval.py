@@ -18,7 +18,6 @@ import sys
 from typing import Any
 
 from nanochat.checkpoint_manager import (
-    SOURCES,
     CheckpointError,
     checkpoint_dir_for,
     find_largest_model,
@@ -41,6 +40,7 @@ from nanochat.core_eval import (
     load_tasks,
 )
 from nanochat.report import get_report
+from nanochat.stages import STAGES
 from nanochat.tokenizer import TokenizerNotFoundError
 from nanochat.training import autocast_context, resolve_dtype
 from scripts.flags import ArgumentParser, add_device_args
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _, rank, _, _, device = compute_init(device_type)
     autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
     try:
-        tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), SOURCES["base"][0]))
+        tag = args.model_tag or find_largest_model(STAGES["base"].checkpoints_dir())
         step = args.model_step if args.model_step is not None else find_last_step(checkpoint_dir_for("base", tag))
         model, tokenizer, _ = load_model("base", device, phase="eval", model_tag=tag, step=step)
         bundle_dir = get_eval_bundle_dir(offline=True if args.offline else None)

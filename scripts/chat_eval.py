@@ -15,6 +15,7 @@ from __future__ import annotations
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
 from nanochat.report import get_report
+from nanochat.stages import STAGES
 from nanochat.task_eval import centered_accuracy, evaluate_task
 from nanochat.training import autocast_context, resolve_dtype
 from scripts.flags import ArgumentParser, add_device_args, positive_int
@@ -23,7 +24,7 @@ from tasks import EVAL_TASK_NAMES, build_eval_task
 
 def main(argv: list[str] | None = None) -> dict:
     p = ArgumentParser(description="Evaluate a chat model on held-out tasks (ChatCORE).")
-    p.add_argument("-i", "--source", required=True, choices=["base", "mid", "sft", "rl"], help="which stage's model")
+    p.add_argument("-i", "--source", required=True, choices=list(STAGES), help="which stage's model")
     p.add_argument("-a", "--task_name", default="|".join(EVAL_TASK_NAMES),
                    help=f"task names joined by '|', from: {', '.join(EVAL_TASK_NAMES)} (default: all of them)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of generative tasks (0: greedy)")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print0(f"ChatCORE: not computed (it needs every task: {', '.join(EVAL_TASK_NAMES)})")
 
-    get_report().log(section=f"Chat evaluation {args.source}", data=[
+    get_report().log(section=STAGES[args.source].eval_section, data=[
         {"source": args.source, "model_step": meta["step"], **{k: v for k, v in vars(args).items() if k != "source"},
          "device_type": device_type},
         {**accuracies, **({"ChatCORE": chatcore} if chatcore is not None else {})},

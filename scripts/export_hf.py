@@ -14,16 +14,17 @@ from __future__ import annotations
 import os
 import sys
 
-from nanochat.checkpoint_manager import SOURCES, CheckpointError, load_model
+from nanochat.checkpoint_manager import CheckpointError, load_model
 from nanochat.common import get_base_dir, run_main
 from nanochat.hf import HFInteropError, export_folder, model_card, push_folder, report_summary
+from nanochat.stages import STAGES
 from nanochat.tokenizer import TokenizerNotFoundError
 from scripts.flags import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> str:
     p = ArgumentParser(description="Export a checkpoint to a transformers nanochat folder.")
-    p.add_argument("-i", "--source", required=True, choices=sorted(SOURCES), help="which stage's model to export")
+    p.add_argument("-i", "--source", required=True, choices=sorted(STAGES), help="which stage's model to export")
     p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")
     p.add_argument("--step", "--model_step", dest="step", type=int, default=None, help="checkpoint step (default: the last)")
     p.add_argument("--out", required=True, help="folder to write (created if missing)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from nanochat.stages import STAGES
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """
@@ -91,7 +93,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float) -> None:
     """The flags mid_train, chat_sft and chat_rl share: the run flags, where to start from, learning rates."""
     add_run_args(p)
-    p.add_argument("--source", default=source, choices=["base", "mid", "sft", "rl"], help="the stage to start from")
+    p.add_argument("--source", default=source, choices=list(STAGES), help="the stage to start from")
     p.add_argument("--model_tag", default=None, help="source model tag (default: the largest); also the save tag")
     p.add_argument("--model_step", type=int, default=None, help="source checkpoint step (default: the last)")
     p.add_argument("--embedding_lr", type=float, default=0.2, help="AdamW learning rate of the token embedding")
@@ -104,7 +106,7 @@ def add_stage_args(p: argparse.ArgumentParser, source: str, init_lr_frac: float)
 
 def add_chat_args(p: argparse.ArgumentParser) -> None:
     """chat_cli's and chat_web's flags: which checkpoint, on what device and in what dtype, the sampling defaults."""
-    p.add_argument("-i", "--source", default="sft", choices=["mid", "sft", "rl", "base"],
+    p.add_argument("-i", "--source", default="sft", choices=list(STAGES),
                    help="which stage's model to chat with (base only for debugging: it was never taught to chat)")
     p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")
     p.add_argument("--step", "--model_step", dest="step", type=int, default=None, help="checkpoint step (default: the last)")

@@ -16,13 +16,15 @@ import sys
 from nanochat.checkpoint_manager import CheckpointError
 from nanochat.common import command_here, run_main
 from nanochat.hf import HFInteropError, import_folder, resolve_model_dir
+from nanochat.stages import starting_points
 from scripts.flags import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> str:
     p = ArgumentParser(description="Convert a transformers nanochat model into our checkpoint layout.")
     p.add_argument("--model", required=True, help="a local folder or a hub repo id (owner/name)")
-    p.add_argument("--to", required=True, choices=["base", "mid", "sft"], help="the stage whose checkpoint it becomes")
+    p.add_argument("--to", required=True, choices=starting_points(),
+                   help="the stage whose checkpoint it becomes (one a later stage trains from)")
     p.add_argument("--model_tag", default=None, help="model tag to save under (default: d<layers>)")
     args = p.parse_args(argv)
 
