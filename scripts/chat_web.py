@@ -69,6 +69,7 @@ from nanochat.chat import LoadedModel, Reply, load_chat_model, prompt_for, strea
 from nanochat.common import autodetect_device_type, compute_init, logger, run_main
 from nanochat.engine import Engine
 from scripts.flags import ArgumentParser, add_chat_args, check_sampling_args
+from tasks.common import validate_messages
 
 GENERATION_PATHS = ("/chat/completions", "/v1/chat/completions")
 MAX_TEMPERATURE = 2.0
@@ -237,21 +238,10 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]
             if total > settings.max_conversation_chars:
                 raise refusal("the conversation is {total} characters; the limit is {limit} (start a new conversation "
                               "or shorten it)", "messages", total=total, limit=settings.max_conversation_chars)
-            offset = 1 if self.messages[0].role == "system" else 0
-            if offset == len(self.messages):
-                raise refusal("the conversation has only a system message; add a user message after it", "messages")
-            for i, m in enumerate(self.messages[offset:], start=offset):
-                expected = "user" if (i - offset) % 2 == 0 else "assistant"
-                if m.role == "system":
-                    raise refusal("messages[{i}] is a system message; only the first message may be one",
-                                  f"messages[{i}].role", i=i)
-                if m.role != expected:
-                    raise refusal('messages[{i}] has role "{role}" where "{expected}" was expected: after an optional '
-                                  "system message, user and assistant messages must alternate, starting with user",
-                                  f"messages[{i}].role", i=i, role=m.role, expected=expected)
-            if self.messages[-1].role != "user":
-                raise refusal("the last message is the assistant's; the conversation must end with a user message "
-                              "to reply to", "messages")
+            try:
+                validate_messages([m.model_dump() for m in self.messages], last="user")
+            except ValueError as e:
+                raise refusal("{reason}", "messages", reason=str(e)) from None
             return self
 
     class OpenAIBody(ChatBody):

@@ -18,7 +18,7 @@ import os
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 # -----------------------------------------------------------------------------
 # Task, TaskMixture, TaskSequence
@@ -329,41 +329,44 @@ class GeneratedRows(Sequence):
 # Conversation validation
 
 
-def validate_messages(messages: Any, allow_parts: bool = False) -> None:
+def validate_messages(messages: Any, allow_parts: bool = False, last: Literal["assistant", "user"] = "assistant") -> None:
     """
-    Raise ValueError unless `messages` is a well-formed chat: an optional system message,
-    then user and assistant alternating, starting with user and ending with assistant, every
-    content a non-empty string (or, with allow_parts, an assistant list of parts).
+    Raise ValueError, saying what is wrong, unless `messages` is a well-formed chat: an optional
+    system message, then user and assistant alternating, starting with user and ending with
+    `last` ("assistant" for training data, "user" for a conversation waiting for its reply),
+    every content a non-empty string (or, with allow_parts, an assistant list of parts).
     """
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"messages must be a non-empty list, not {type(messages).__name__}")
     for j, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ValueError(f"message {j} is a {type(message).__name__}, not an object")  # noqa: TRY004 (bad data, not a bad call)
+            raise ValueError(f"messages[{j}] is a {type(message).__name__}, not an object")  # noqa: TRY004 (bad data, not a bad call)
         if "role" not in message or "content" not in message:
-            raise ValueError(f"message {j} needs 'role' and 'content', has {sorted(message)}")
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    if not body:
-        raise ValueError("a conversation needs a user and an assistant message after the system message")
-    offset = len(messages) - len(body)
-    for j, message in enumerate(body):
-        expected = "user" if j % 2 == 0 else "assistant"
+            raise ValueError(f"messages[{j}] needs 'role' and 'content', has {sorted(message)}")
+    offset = 1 if messages[0]["role"] == "system" else 0
+    if offset == len(messages):
+        raise ValueError("the conversation has only a system message; add a user message after it")
+    for j, message in enumerate(messages[offset:], start=offset):
+        expected = "user" if (j - offset) % 2 == 0 else "assistant"
+        if message["role"] == "system":
+            raise ValueError(f"messages[{j}] is a system message; only the first message may be one")
         if message["role"] != expected:
-            raise ValueError(f"message {j + offset} has role {message['role']!r}, expected {expected!r}")
-    if body[-1]["role"] != "assistant":
-        raise ValueError("the conversation must end with an assistant message")
+            raise ValueError(f'messages[{j}] has role "{message["role"]}" where "{expected}" was expected: after an '
+                             "optional system message, user and assistant messages must alternate, starting with user")
+    if messages[-1]["role"] != last:
+        raise ValueError(f"the conversation must end with {'an' if last == 'assistant' else 'a'} {last} message")
     for j, message in enumerate(messages):
         content = message["content"]
         if isinstance(content, str):
             if not content.strip():
-                raise ValueError(f"message {j} ({message['role']}) has empty content")
+                raise ValueError(f"messages[{j}] ({message['role']}) has empty content")
         elif allow_parts and message["role"] == "assistant" and isinstance(content, list):
             for part in content:
                 if not (isinstance(part, dict) and part.get("type") in ("text", "python", "python_output")
                         and isinstance(part.get("text"), str)):
-                    raise ValueError(f"message {j} has a malformed part {part!r}")
+                    raise ValueError(f"messages[{j}] has a malformed part {part!r}")
         else:
-            raise ValueError(f"message {j} ({message['role']}) content must be a string, not {type(content).__name__}")
+            raise ValueError(f"messages[{j}] ({message['role']}) content must be a string, not {type(content).__name__}")
 
 
 def assistant_text(message: dict) -> str:
