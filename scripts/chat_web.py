@@ -354,18 +354,18 @@ class ChatRequest:
 
 async def read_json(request: Request, limit: int, timeout: float) -> Any:
     """The request body as JSON, refusing a body that is oversized, too slow to arrive, or nested too deeply."""
+    too_big = BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits",
+                         status=413, close=True)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:  # refused before a byte of it is read
-        raise BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits",
-                         status=413, close=True)
+        raise too_big
 
     async def read() -> bytes:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise BadRequest(f"the request body is over {limit} bytes; the conversation cannot fit the server's limits",
-                                 status=413, close=True)
+                raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -552,6 +552,11 @@ class Generation:
             cancel.set()
             self._finish()
 
+    def _timing(self) -> tuple[float, float]:
+        """Seconds since the request arrived, and the reply's tokens per second from when it got a worker."""
+        seconds = time.perf_counter() - self.started
+        return seconds, self.reply.completion_tokens / max(seconds - self.queued_s, 1e-9)
+
     def _finish(self) -> None:
         stats = self.state.stats
         if self.outcome == "ok":
@@ -561,14 +566,12 @@ class Generation:
         else:
             stats.cancelled += 1
         stats.prompt_tokens += len(self.prompt)
-        seconds = time.perf_counter() - self.started
+        seconds, rate = self._timing()
         status = {"ok": 200, "failed": 500, "disconnected": 499}[self.outcome]
-        n = self.reply.completion_tokens
-        rate = n / max(seconds - self.queued_s, 1e-9)
         what = f"finish={self.reply.finish_reason}" if self.outcome == "ok" else self.outcome
         logger.info("%s %s %d %s prompt=%d completion=%d %s %.2fs (queued %.2fs, %.1f tok/s) worker=%s",
                     self.request.method, self.request.url.path, status, "stream" if self.chat.stream else "-",
-                    len(self.prompt), n, what, seconds, self.queued_s, rate,
+                    len(self.prompt), self.reply.completion_tokens, what, seconds, self.queued_s, rate,
                     self.worker.index if self.worker else "-")
 
     def usage(self) -> dict[str, int]:
@@ -576,14 +579,10 @@ class Generation:
         return {"prompt_tokens": len(self.prompt), "completion_tokens": n, "total_tokens": len(self.prompt) + n}
 
     def summary(self) -> dict[str, Any]:
-        seconds = time.perf_counter() - self.started
-        return {
-            "finish_reason": self.reply.finish_reason,
-            "prompt_tokens": len(self.prompt),
-            "completion_tokens": self.reply.completion_tokens,
-            "seconds": round(seconds, 3),
-            "tokens_per_second": round(self.reply.completion_tokens / max(seconds - self.queued_s, 1e-9), 1),
-        }
+        seconds, rate = self._timing()
+        return {"finish_reason": self.reply.finish_reason, "prompt_tokens": len(self.prompt),
+                "completion_tokens": self.reply.completion_tokens, "seconds": round(seconds, 3),
+                "tokens_per_second": round(rate, 1)}
 
 
 def sse(data: Any) -> bytes:
