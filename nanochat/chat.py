@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from nanochat.checkpoint_manager import find_largest_model, load_model
+from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine
 from nanochat.gpt import GPT
-from nanochat.stages import get_stage
 from nanochat.tokenizer import RustBPETokenizer
 from nanochat.training import autocast_context, resolve_dtype
 
@@ -52,9 +51,7 @@ def load_chat_model(source: str, device: torch.device, dtype: str = "auto", mode
     def autocast() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if convert else autocast_context(device.type, torch_dtype)
 
-    # load_model chose the tag when none was given; it is the deepest one, which we can name
-    tag = model_tag or find_largest_model(get_stage(source).checkpoints_dir())
-    return LoadedModel(model, tokenizer, meta, f"nanochat-{source}-{tag}", device, autocast)
+    return LoadedModel(model, tokenizer, meta, f"nanochat-{source}-{meta['model_tag']}", device, autocast)
 
 
 def prompt_for(tokenizer: RustBPETokenizer, messages: list[dict[str, Any]]) -> list[int]:

@@ -405,7 +405,10 @@ def checkpoint_dir_for(source: str, model_tag: str) -> str:
 def load_model(
     source: str, device: torch.device | str, phase: str, model_tag: str | None = None, step: int | None = None
 ) -> tuple[GPT, RustBPETokenizer, dict[str, Any]]:
-    """The model a stage produced: by default its deepest model tag at its last step."""
+    """
+    The model a stage produced: by default its deepest model tag at its last step. The meta
+    also names the tag it chose ("model_tag"), so a stage that trains on saves under the same one.
+    """
     stage = get_stage(source)
     checkpoints_dir = stage.checkpoints_dir()
     try:
@@ -416,4 +419,5 @@ def load_model(
             step = find_last_step(checkpoint_dir)
     except CheckpointError as e:
         raise CheckpointError(f"{e}; to make one here, train a {source} model with `{command_here(f'python -m {stage.script}')}`") from e
-    return build_model(checkpoint_dir, step, device, phase)
+    model, tokenizer, meta = build_model(checkpoint_dir, step, device, phase)
+    return model, tokenizer, {**meta, "model_tag": model_tag}

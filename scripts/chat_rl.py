@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.examples_per_step % world_size:
         sys.exit(f"error: --examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
     try:
-        model, tokenizer, _ = load_model(args.source, device, "train", args.model_tag, args.model_step)
+        model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    model_tag = args.model_tag or f"d{model.config.n_layer}"
+    model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
     checkpoint_dir = checkpoint_dir_for("rl", model_tag)
     train_task, test_task = GSM8K(subset="main", split="train"), GSM8K(subset="main", split="test")
     num_iterations = args.num_iterations

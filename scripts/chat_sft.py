@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    model_tag = args.model_tag or f"d{model.config.n_layer}"
+    model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
     checkpoint_dir = checkpoint_dir_for("sft", model_tag)
     max_len = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size

@@ -325,6 +325,7 @@ def test_load_model_picks_deepest_tag_and_last_step(tok_base_dir: Path) -> None:
 
     model, _, meta = load_model("base", "cpu", "eval")
     assert meta["step"] == 7 and torch.equal(logits(model), logits(late))
+    assert meta["model_tag"] == "d2"  # the tag it chose, which a stage training on saves under
     model, _, meta = load_model("base", "cpu", "eval", model_tag="d2", step=5)
     assert meta["step"] == 5 and torch.equal(logits(model), logits(early))
     model, _, _ = load_model("base", "cpu", "eval", model_tag="d1")
