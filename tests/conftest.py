@@ -1,21 +1,22 @@
-"""Shared fixtures: an isolated base dir, small parquet shards, a tiny trained tokenizer, tiny checkpoints."""
+"""Shared fixtures: an isolated base dir, small parquet shards, a tiny trained tokenizer, tiny checkpoints, a fact checker for the twins."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
 from nanochat.dataset import get_data_dir
-from nanochat.gpt import GPT, GPTConfig
+from nanochat import synthetic as syn
 from nanochat.synthetic import write_shards
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer_dir, train_tokenizer
+from tiny import save_stage_checkpoint, tiny_gpt
 
 SHARED_DATA = Path(os.environ.get("NANOCHAT_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
@@ -86,16 +87,7 @@ def offline(base_dir, monkeypatch):
 @pytest.fixture
 def base_checkpoint(offline, tiny_tokenizer):
     """A tiny random 'base model' as base_train would have saved it."""
-    tiny_tokenizer.save(get_tokenizer_dir())
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=64, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1,
-                          n_kv_head=1, n_embd=64))
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    save_checkpoint(checkpoint_dir_for("base", "d1"), 10, model.state_dict(), None,
-                    {"model_config": vars(model.config), "step": 10})
+    save_stage_checkpoint(tiny_gpt(tiny_tokenizer.get_vocab_size(), jitter=0.02), "base", 10, tokenizer=tiny_tokenizer)
     return offline
 
 
@@ -108,3 +100,36 @@ def synthetic_setup(base_dir, monkeypatch):
     tokenizer, _ = train_tokenizer(docs, vocab_size=512)
     tokenizer.save(get_tokenizer_dir())
     return base_dir
+
+
+@pytest.fixture(scope="session")
+def fact_holds() -> Callable[[str, str], bool | None]:
+    """
+    Whether an answer answers a twin's question, looked up in the fact tables by another route
+    than the generators' (None: a question this does not check).
+    """
+    tables = [
+        (r"(?:What color is|Which color is|What is the color of|Which color best describes) (.+)\?", dict(syn.COLORS)),
+        (r"(?:What sound does|What does|Which sound does|What noise does) an? (.+) (?:make|say)\?", dict(syn.SOUNDS)),
+        (r"What is the capital(?: city)? of (.+)\?|Which city is the capital of (.+)\?|Name the capital of (.+)\.",
+         dict(syn.CAPITALS)),
+        (r"(?:On which continent is|Which continent is) (.+?)(?: in)?\?|(.+) is on which continent\?", syn.CONTINENTS),
+        (r"(?:What is|Which word is) the plural of (.+)\?|How do you say more than one (.+)\?", dict(syn.PLURALS)),
+        (r"Which animal (?:says|makes the sound|goes) (.+)\?", {s: a for a, s in syn.SOUNDS}),
+    ]
+
+    def holds(question: str, answer: str) -> bool | None:
+        for pattern, table in tables:
+            if m := re.fullmatch(pattern, question):
+                return table[next(g for g in m.groups() if g)] == answer
+        if m := re.fullmatch(r"(?:What is|How much is) (\d) plus (\d)\?|What do you get when you add (\d) and (\d)\?", question):
+            a, b = (int(g) for g in m.groups() if g)
+            return int(answer) == a + b
+        if m := re.fullmatch(r"(?:Which|What) day comes (after|before) (\w+)\?|What is the day (after|before) (\w+)\?", question):
+            word, day = (g for g in m.groups() if g)
+            return syn.DAYS[(syn.DAYS.index(day) + (1 if word == "after" else -1)) % 7] == answer
+        if m := re.fullmatch(r"How many legs (?:does|has) an? (\w+) (?:have|got)\?", question):
+            return dict(syn.LEGS)[m[1]] == int(answer)
+        return None
+
+    return holds

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
 from nanochat.common import autodetect_device_type
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT
 from nanochat.task_eval import centered_accuracy, evaluate_task
-from nanochat.tokenizer import get_tokenizer_dir
 from scripted import OracleModel
 from scripts import chat_eval
 from tasks import build_eval_task
+from tiny import save_stage_checkpoint, tiny_gpt
 
 
 @pytest.fixture
@@ -24,13 +22,7 @@ def offline(base_dir, monkeypatch):
 
 
 def tiny_random_model(vocab: int) -> GPT:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=128, vocab_size=vocab, n_layer=1, n_head=1, n_kv_head=1, n_embd=64))
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model.eval()
+    return tiny_gpt(vocab, sequence_len=128, jitter=0.02).eval()
 
 
 @pytest.mark.parametrize("name", ["ARC-Easy", "MMLU", "GSM8K", "SpellingBee"])
@@ -69,10 +61,7 @@ def test_categorical_prediction_is_restricted_to_the_letters(offline, tiny_token
 
 def test_chat_eval_end_to_end(offline, tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(chat_eval, "EVAL_TASK_NAMES", ["ARC-Easy", "GSM8K"])  # ChatCORE over two tasks, to be quick
-    tiny_tokenizer.save(get_tokenizer_dir())
-    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
-    save_checkpoint(checkpoint_dir_for("sft", "d1"), 5, model.state_dict(), None,
-                    {"model_config": vars(model.config), "step": 5})
+    save_stage_checkpoint(tiny_random_model(tiny_tokenizer.get_vocab_size()), "sft", 5, tokenizer=tiny_tokenizer)
     result = chat_eval.main(["-i", "sft", "-a", "ARC-Easy|GSM8K", "--max_problems=16", "--max_new_tokens=8",
                              "--device_type=cpu"])
     assert set(result["accuracy"]) == {"ARC-Easy", "GSM8K"}
@@ -94,10 +83,7 @@ def test_chat_eval_end_to_end(offline, tiny_tokenizer, monkeypatch):
 
 def test_chatcore_needs_every_task(offline, tiny_tokenizer):
     # `-a GSM8K` once logged ChatCORE = GSM8K's accuracy, and the report's summary showed it
-    tiny_tokenizer.save(get_tokenizer_dir())
-    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
-    save_checkpoint(checkpoint_dir_for("rl", "d1"), 5, model.state_dict(), None,
-                    {"model_config": vars(model.config), "step": 5})
+    save_stage_checkpoint(tiny_random_model(tiny_tokenizer.get_vocab_size()), "rl", 5, tokenizer=tiny_tokenizer)
     result = chat_eval.main(["-i", "rl", "-a", "GSM8K", "--max_problems=4", "--max_new_tokens=4"])
     assert set(result["accuracy"]) == {"GSM8K"} and result["ChatCORE"] is None
     record = json.loads((offline / "report" / "chat-evaluation-rl.json").read_text())
@@ -116,10 +102,7 @@ def test_chat_eval_under_torchrun_matches_one_process(offline, tiny_tokenizer):
     import subprocess
     import sys
 
-    tiny_tokenizer.save(get_tokenizer_dir())
-    model = tiny_random_model(tiny_tokenizer.get_vocab_size())
-    save_checkpoint(checkpoint_dir_for("sft", "d1"), 5, model.state_dict(), None,
-                    {"model_config": vars(model.config), "step": 5})
+    save_stage_checkpoint(tiny_random_model(tiny_tokenizer.get_vocab_size()), "sft", 5, tokenizer=tiny_tokenizer)
     args = ["-i", "sft", "-a", "ARC-Easy|SpellingBee", "--max_problems=12", "--max_new_tokens=8", "--device_type=cpu"]
     single = chat_eval.main(args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

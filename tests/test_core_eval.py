@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from nanochat import core_eval
-from nanochat.checkpoint_manager import checkpoint_dir_for, save_checkpoint
 from nanochat.core_eval import (
     EvalBundleError,
     TaskSpec,
@@ -36,9 +35,8 @@ from nanochat.core_eval import (
     truncate_left,
     write_offline_bundle,
 )
-from nanochat.gpt import GPT, GPTConfig
-from nanochat.tokenizer import get_tokenizer_dir
 from scripts import base_eval
+from tiny import save_stage_checkpoint, tiny_gpt
 
 
 @pytest.fixture(autouse=True)
@@ -362,15 +360,8 @@ def test_ranks_split_the_examples(offline_tasks, tiny_tokenizer, monkeypatch):
     assert all(0.3 <= a <= 0.35 for a in partial_accuracies)
 
 
-def _tiny_gpt(vocab_size: int, seq_len: int = 64, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=64))
-    model.init_weights()
-    return model
-
-
 def test_random_gpt_is_near_chance(offline_tasks, tiny_tokenizer):
-    model = _tiny_gpt(tiny_tokenizer.get_vocab_size())  # sequence_len 64: the long few-shot prompts get truncated
+    model = tiny_gpt(tiny_tokenizer.get_vocab_size(), n_head=2, n_kv_head=2)  # sequence_len 64: the long few-shot prompts get truncated
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -394,10 +385,7 @@ def test_random_gpt_is_near_chance(offline_tasks, tiny_tokenizer):
 
 
 def _save_tiny_base_model(tokenizer, tag: str = "d1") -> None:
-    tokenizer.save(get_tokenizer_dir())
-    model = _tiny_gpt(tokenizer.get_vocab_size())
-    save_checkpoint(checkpoint_dir_for("base", tag), 0, model.state_dict(), None,
-                    {"model_config": vars(model.config), "step": 0})
+    save_stage_checkpoint(tiny_gpt(tokenizer.get_vocab_size(), n_head=2, n_kv_head=2), "base", 0, tag, tokenizer)
 
 
 def test_base_eval_end_to_end(base_dir, monkeypatch, tiny_tokenizer, capsys):

@@ -184,32 +184,7 @@ def test_each_side_gets_only_its_questions():
 # facts and the questions about them
 
 
-def _true(question: str, answer: str) -> bool | None:
-    """Whether answer answers question, looked up in the fact tables by another route than the generators' (None: not checked here)."""
-    tables = [
-        (r"(?:What color is|Which color is|What is the color of|Which color best describes) (.+)\?", dict(syn.COLORS)),
-        (r"(?:What sound does|What does|Which sound does|What noise does) an? (.+) (?:make|say)\?", dict(syn.SOUNDS)),
-        (r"What is the capital(?: city)? of (.+)\?|Which city is the capital of (.+)\?|Name the capital of (.+)\.",
-         dict(syn.CAPITALS)),
-        (r"(?:On which continent is|Which continent is) (.+?)(?: in)?\?|(.+) is on which continent\?", syn.CONTINENTS),
-        (r"(?:What is|Which word is) the plural of (.+)\?|How do you say more than one (.+)\?", dict(syn.PLURALS)),
-        (r"Which animal (?:says|makes the sound|goes) (.+)\?", {s: a for a, s in syn.SOUNDS}),
-    ]
-    for pattern, table in tables:
-        if m := re.fullmatch(pattern, question):
-            return table[next(g for g in m.groups() if g)] == answer
-    if m := re.fullmatch(r"(?:What is|How much is) (\d) plus (\d)\?|What do you get when you add (\d) and (\d)\?", question):
-        a, b = (int(g) for g in m.groups() if g)
-        return int(answer) == a + b
-    if m := re.fullmatch(r"(?:Which|What) day comes (after|before) (\w+)\?|What is the day (after|before) (\w+)\?", question):
-        word, day = (g for g in m.groups() if g)
-        return syn.DAYS[(syn.DAYS.index(day) + (1 if word == "after" else -1)) % 7] == answer
-    if m := re.fullmatch(r"How many legs (?:does|has) an? (\w+) (?:have|got)\?", question):
-        return dict(syn.LEGS)[m[1]] == int(answer)
-    return None
-
-
-def test_multiple_choice_questions_are_right_and_balanced():
+def test_multiple_choice_questions_are_right_and_balanced(fact_holds):
     rng = random.Random(0)
     checked, golds = 0, []
     for kinds in (syn.ARC_EASY_KINDS, syn.ARC_CHALLENGE_KINDS, syn.MMLU_KINDS):
@@ -217,15 +192,15 @@ def test_multiple_choice_questions_are_right_and_balanced():
             mc = make_multiple_choice(rng, kinds, held_out=i % 2 == 0)
             assert len(mc.choices) == len(set(mc.choices)) == 4
             golds.append(mc.answer)
-            if _true(mc.question, mc.choices[mc.answer]) is None:
+            if fact_holds(mc.question, mc.choices[mc.answer]) is None:
                 continue
-            assert [_true(mc.question, c) for c in mc.choices] == [j == mc.answer for j in range(4)], mc
+            assert [fact_holds(mc.question, c) for c in mc.choices] == [j == mc.answer for j in range(4)], mc
             checked += 1
     assert checked > 1500  # many questions went through a table lookup
     assert max(golds.count(k) for k in range(4)) < 0.3 * len(golds)
 
 
-def test_quiz_is_render_mc_with_the_answer_letter_after():
+def test_quiz_is_render_mc_with_the_answer_letter_after(fact_holds):
     rng = random.Random(0)
     for _ in range(200):
         quiz = make_quiz(rng)
@@ -235,7 +210,7 @@ def test_quiz_is_render_mc_with_the_answer_letter_after():
         letters = [line[0] for line in lines[1:]]
         choices = [line[3:] for line in lines[1:]]
         assert render_mc(question, letters, choices).startswith(head + "\n")
-        assert answer in letters and _true(question, choices[letters.index(answer)]) in (True, None)
+        assert answer in letters and fact_holds(question, choices[letters.index(answer)]) in (True, None)
 
 
 def test_code_problems_pass_their_own_check_and_catch_wrong_bodies():

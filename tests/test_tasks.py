@@ -33,7 +33,6 @@ from tasks.humaneval import HumanEval
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
 from tasks.spellingbee import SimpleSpelling, SpellingBee
-from test_synthetic import _true as fact_holds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -408,7 +407,7 @@ def test_categorical_twins(tiny_tokenizer, offline_env):
             assert len(choices) == 4 and len(set(choices)) == 4, ex
 
 
-def test_mc_twin_answers_are_correct(offline_env):
+def test_mc_twin_answers_are_correct(offline_env, fact_holds):
     checked = 0
     for task in (ARC("ARC-Easy", "train"), ARC("ARC-Challenge", "test"), MMLU("auxiliary_train", "train"),
                  MMLU("all", "test")):

@@ -1,5 +1,5 @@
 """A tiny GPT, a fixed stream of batches and a bitwise comparison, shared by tests and the torchrun workers they launch;
-a tiny chat checkpoint for the chat_cli and chat_web tests."""
+small seeded GPTs saved as a stage's checkpoint, and the tiny chat checkpoint of the chat_cli and chat_web tests."""
 
 from __future__ import annotations
 
@@ -15,14 +15,31 @@ VOCAB = 301  # odd on purpose: the sharded AdamW must pad
 STEPS = 3
 
 
-def make_tiny_model(seed: int = 0) -> GPT:
+def tiny_gpt(vocab_size: int, sequence_len: int = 64, n_layer: int = 1, n_head: int = 1, n_kv_head: int = 1,
+             n_embd: int = 64, jitter: float = 0.0, seed: int = 0) -> GPT:
+    """A small GPT initialized from `seed`, then every parameter moved by Gaussian noise of scale `jitter`."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(sequence_len=SEQ_LEN, vocab_size=VOCAB, n_layer=1, n_head=4, n_kv_head=2, n_embd=64))
+    model = GPT(GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                          n_kv_head=n_kv_head, n_embd=n_embd))
     model.init_weights()
-    with torch.no_grad():  # leave no zero-initialized matrix, so every parameter gets a real gradient
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    if jitter:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(jitter * torch.randn_like(p))
     return model
+
+
+def save_stage_checkpoint(model: GPT, source: str, step: int, model_tag: str = "d1", tokenizer=None) -> None:
+    """model as `source`'s checkpoint at `step` under $NANOCHAT_BASE_DIR, as its training script saves it, and the tokenizer when given."""
+    if tokenizer is not None:
+        tokenizer.save(get_tokenizer_dir())
+    save_checkpoint(checkpoint_dir_for(source, model_tag), step, model.state_dict(), None,
+                    {"model_config": vars(model.config), "step": step})
+
+
+def make_tiny_model(seed: int = 0) -> GPT:
+    # jitter leaves no zero-initialized matrix, so every parameter gets a real gradient
+    return tiny_gpt(VOCAB, SEQ_LEN, n_head=4, n_kv_head=2, jitter=0.02, seed=seed)
 
 
 def make_batches(seed: int = 1, steps: int = STEPS, rows: int = GLOBAL_BATCH):
@@ -50,20 +67,12 @@ def assert_bitwise_equal(a, b, path: str = "") -> None:
 
 def write_chat_checkpoint(tokenizer, model_tag: str = "d1", sequence_len: int = 256) -> GPTConfig:
     """A tiny random GPT saved as an sft checkpoint (step 0), and its tokenizer, under $NANOCHAT_BASE_DIR."""
-    torch.manual_seed(0)
-    config = GPTConfig(sequence_len=sequence_len, vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=4,
-                       n_kv_head=2, n_embd=64)
-    model = GPT(config)
-    model.init_weights()
+    model = tiny_gpt(tokenizer.get_vocab_size(), sequence_len, n_layer=2, n_head=4, n_kv_head=2, jitter=0.3)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
         # Special tokens get logit 0 while the best ordinary token scores far above it (logits are
         # soft-capped at 15): the replies never end early nor call the tool, so every reply runs to
         # exactly max_tokens tokens and tests can count on that.
         model.lm_head.weight.mul_(4.0)
         model.lm_head.weight[[tokenizer.encode_special(s) for s in SPECIAL_TOKENS]] = 0.0
-    save_checkpoint(checkpoint_dir_for("sft", model_tag), 0, model.state_dict(), None,
-                    {"model_config": vars(config), "step": 0})
-    tokenizer.save(get_tokenizer_dir())
-    return config
+    save_stage_checkpoint(model, "sft", 0, model_tag, tokenizer)
+    return model.config
