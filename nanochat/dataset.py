@@ -1,6 +1,6 @@
 """
 The pretraining text: FineWeb-Edu, pre-shuffled into 1823 parquet shards on the Hugging Face
-hub, or its offline twin written by nanochat/synthetic.py in the same layout. Each shard has
+hub, or its offline twin written by nanochat/synthetic/ in the same layout. Each shard has
 one `text` column stored in row groups of ~1024 documents. The last shard on disk is the
 validation split; all the others are train.
 

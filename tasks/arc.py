@@ -5,7 +5,7 @@ Hub: allenai/ai2_arc, configs ARC-Easy and ARC-Challenge; columns `question`,
 as nanochat does (tasks.common.load_rows).
 
 Offline twin: 4-choice questions about nature facts that the pretraining twin states
-(nanochat/synthetic.py: colours, animal sounds, legs, babies and homes, the senses); Easy
+(nanochat/synthetic/: colours, animal sounds, legs, babies and homes, the senses); Easy
 asks from the thing to the fact ("What does a cow say?"), Challenge the other way round
 ("Which animal says moo?"). The train split asks only training-side questions, validation
 and test only held-out ones (synthetic.is_held_out), so every test question is worded in a
@@ -15,12 +15,9 @@ from its own seeded RNG.
 
 from __future__ import annotations
 
-import random
-
-from nanochat import synthetic as syn
+from nanochat.synthetic import arc_twin
 from tasks.common import (
     LETTERS,
-    GeneratedRows,
     MultipleChoiceTask,
     load_rows,
     render_mc,
@@ -28,26 +25,6 @@ from tasks.common import (
 
 SUBSETS = ("ARC-Easy", "ARC-Challenge")
 SPLITS = ("train", "validation", "test")
-TWIN_SIZES = {"train": 1000, "validation": 200, "test": 200}
-
-# -----------------------------------------------------------------------------
-# Offline twin
-
-
-def _twin_row(subset: str, split: str):
-    kinds = syn.ARC_EASY_KINDS if subset == "ARC-Easy" else syn.ARC_CHALLENGE_KINDS
-
-    def make(rng: random.Random, i: int) -> dict:
-        mc = syn.make_multiple_choice(rng, kinds, held_out=split != "train")
-        labels = list(LETTERS[: len(mc.choices)])
-        return {"id": f"synthetic-{subset}-{split}-{i}", "question": mc.question,
-                "choices": {"text": mc.choices, "label": labels}, "answerKey": labels[mc.answer]}
-
-    return make
-
-
-def arc_twin(subset: str, split: str) -> GeneratedRows:
-    return GeneratedRows(f"arc-twin-{subset}-{split}", TWIN_SIZES[split], _twin_row(subset, split))
 
 # -----------------------------------------------------------------------------
 # Task

@@ -16,17 +16,14 @@ pretraining twin. Rows from the hub or data_files= are shuffled with seed 42, as
 
 from __future__ import annotations
 
-import functools
-import random
 import re
 from decimal import Decimal, InvalidOperation
 
-from nanochat.synthetic import make_arithmetic_problem
+from nanochat.synthetic import gsm8k_twin
 from tasks.common import Task, assistant_text, load_rows
 
 SUBSETS = ("main", "socratic")
 SPLITS = ("train", "test")
-TWIN_SIZES = {"train": 8000, "test": 500}
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 # after "####": an optional sign and dollar sign in either order, then digits with commas and a decimal point
@@ -70,20 +67,6 @@ def answer_to_parts(answer: str) -> list[dict]:
     if pos < len(answer):
         parts.append({"type": "text", "text": answer[pos:]})
     return parts
-
-
-@functools.cache
-def gsm8k_twin(split: str) -> list[dict]:
-    """The split's problems, each question once: train from the training side, test from the held-out side."""
-    rng = random.Random(f"gsm8k-twin-{split}")
-    seen: set[str] = set()
-    rows: list[dict] = []
-    while len(rows) < TWIN_SIZES[split]:
-        row = make_arithmetic_problem(rng, held_out=split == "test")
-        if row["question"] not in seen:
-            seen.add(row["question"])
-            rows.append(row)
-    return rows
 
 
 class GSM8K(Task):

@@ -15,35 +15,10 @@ Offline twin: 40 tiny functions in the same format, generated (humaneval_twin).
 from __future__ import annotations
 
 import ast
-import random
 import re
 
-from nanochat.synthetic import make_code_problem
+from nanochat.synthetic import humaneval_twin
 from tasks.common import Task, load_rows
-
-# -----------------------------------------------------------------------------
-# Offline twin
-
-TWIN_SIZE = 40
-
-
-def humaneval_twin() -> list[dict]:
-    """
-    TWIN_SIZE tiny functions to write (add two numbers, reverse a string, ...) in HumanEval's
-    format, from nanochat.synthetic's held-out side: the SmolTalk and pretraining twins teach
-    the same kinds of function with other names and docstrings, never these prompts.
-    """
-    rng = random.Random("humaneval-twin")
-    rows: list[dict] = []
-    seen: set[str] = set()
-    while len(rows) < TWIN_SIZE:
-        problem = make_code_problem(rng, held_out=True)
-        if problem.name in seen:  # one problem per function name, like HumanEval's entry points
-            continue
-        seen.add(problem.name)
-        rows.append({"task_id": f"SyntheticEval/{len(rows)}", "prompt": problem.prompt,
-                     "canonical_solution": problem.solution, "test": problem.test, "entry_point": problem.name})
-    return rows
 
 # -----------------------------------------------------------------------------
 # Code extraction and evaluation

@@ -6,7 +6,7 @@ Hub: cais/mmlu, config "all" (splits test, validation, dev, auxiliary_train) or
 `train` key; rows are unwrapped here whatever their source. Rows are shuffled with seed 42,
 as nanochat does (tasks.common.load_rows): the hub's splits are sorted by subject.
 
-Offline twin: questions about facts the pretraining twin states (nanochat/synthetic.py:
+Offline twin: questions about facts the pretraining twin states (nanochat/synthetic/:
 capitals and continents, the calendar, opposites and plurals, small sums), each with an
 MMLU-style subject. auxiliary_train asks only training-side questions, the other splits only
 held-out ones (synthetic.is_held_out).
@@ -14,12 +14,9 @@ held-out ones (synthetic.is_held_out).
 
 from __future__ import annotations
 
-import random
-
-from nanochat import synthetic as syn
+from nanochat.synthetic import mmlu_twin
 from tasks.common import (
     LETTERS,
-    GeneratedRows,
     MultipleChoiceTask,
     load_rows,
     render_mc,
@@ -27,24 +24,6 @@ from tasks.common import (
 
 SUBSETS = ("all", "auxiliary_train")
 SPLITS = {"all": ("test", "validation", "dev", "auxiliary_train"), "auxiliary_train": ("train",)}
-TWIN_SIZES = {("auxiliary_train", "train"): 5000, ("all", "auxiliary_train"): 5000,
-              ("all", "test"): 300, ("all", "validation"): 300, ("all", "dev"): 25}
-
-# -----------------------------------------------------------------------------
-# Offline twin
-
-
-def _twin_row(held_out: bool):
-    def make(rng: random.Random, i: int) -> dict:
-        mc = syn.make_multiple_choice(rng, syn.MMLU_KINDS, held_out)
-        return {"question": mc.question, "subject": mc.subject, "choices": mc.choices, "answer": mc.answer}
-
-    return make
-
-
-def mmlu_twin(subset: str, split: str) -> GeneratedRows:
-    held_out = "auxiliary_train" not in (subset, split)  # the one training split, under either config
-    return GeneratedRows(f"mmlu-twin-{subset}-{split}", TWIN_SIZES[(subset, split)], _twin_row(held_out))
 
 # -----------------------------------------------------------------------------
 # Task

@@ -81,7 +81,7 @@ def test_shards_of_an_older_twin_are_written_again(tmp_path, monkeypatch):
     paths = write_shards(str(tmp_path), num_shards=2, **SMALL)
     texts = [pq.read_table(p)["text"].to_pylist() for p in paths]
     os.utime(paths[0], ns=(1_000_000_000, 1_000_000_000))
-    monkeypatch.setattr(syn, "_fingerprint", lambda *args: "another version")  # as if the generators had changed
+    monkeypatch.setattr(syn.pretraining, "_fingerprint", lambda *args: "another version")  # as if the generators had changed
     write_shards(str(tmp_path), num_shards=2, **SMALL)
     assert os.stat(paths[0]).st_mtime_ns != 1_000_000_000
     assert pq.read_schema(paths[0]).metadata[b"nanochat_synthetic"] == b"another version"

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from nanochat import synthetic as syn
+from nanochat.synthetic import GeneratedRows
 from tasks.arc import ARC
 from tasks.common import (
     LETTERS,
-    GeneratedRows,
     Task,
     TaskMixture,
     TaskSequence,
