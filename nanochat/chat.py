@@ -20,8 +20,8 @@ import torch
 from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine
 from nanochat.gpt import GPT
+from nanochat.precision import autocast_context, resolve_dtype
 from nanochat.tokenizer import RustBPETokenizer
-from nanochat.training import autocast_context, resolve_dtype
 
 
 @dataclass

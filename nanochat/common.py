@@ -1,11 +1,13 @@
 """
 Things every stage needs: where files live, which device to use, distributed set-up,
-rank-0 printing, logging, seeding, and a stand-in for wandb.
+rank-0 printing, logging, seeding, a stand-in for wandb, and a script's entry point (the one
+place the library's typed errors become a one-line exit).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import logging
 import os
@@ -14,30 +16,55 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from nanochat.errors import NanochatError
+from nanochat.errors import NanochatError, NonFiniteLossError, PlanOnly
 
 logger = logging.getLogger("nanochat")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def run_main(main: Callable[[], Any]) -> None:
+def run_main(main: Callable[[], T]) -> T:
     """
-    A script's entry point: the library's typed errors, and a full disk, end the run with one
-    line and exit status 1. Anything else is a bug and keeps its traceback.
+    Run a script's main: the library's typed errors, and a full disk, end the run with one line
+    and exit status 1; --dry_run's PlanOnly ends it with status 0. Anything else is a bug and
+    keeps its traceback. Returns what main returns.
     """
     try:
-        main()
+        return main()
+    except PlanOnly:
+        compute_cleanup()  # every rank printed the same plan: leave the process group together
+        sys.exit(0)
     except NanochatError as e:
+        if e.every_rank:
+            compute_cleanup()
+        if isinstance(e, NonFiniteLossError):
+            # every rank holds the same (averaged) loss: one line, in the step log where it happened
+            print0(f"error: {e}")
+            sys.exit(1)
         sys.exit(f"error: {e}")
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
         sys.exit(f"error: no space left on the device ({e.filename or 'writing a file'}): free some (a stage's older "
                  "checkpoints go with --keep_last) and rerun with --resume; the last complete checkpoint is intact")
+
+
+def script_main(main: Callable[P, T]) -> Callable[P, T]:
+    """
+    Decorates a script's main(argv) so it runs through run_main: every caller (the command line,
+    speedrun.sh, a test) gets the same one-line exits.
+    """
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_main(lambda: main(*args, **kwargs))
+
+    return run
 
 
 def default_base_dir() -> str:

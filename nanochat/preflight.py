@@ -39,6 +39,7 @@ loss) to 0.49 GB.
 
 from __future__ import annotations
 
+import argparse
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from nanochat.common import NanochatError, print0
+from nanochat.common import print0
+from nanochat.errors import PlanOnly, PreflightError
 from nanochat.gpt import GPTConfig
 from nanochat.head_loss import default_chunk_rows
 
@@ -55,10 +57,6 @@ from nanochat.head_loss import default_chunk_rows
 COEFFICIENTS = {("eager", torch.float32): (92, 14), ("eager", torch.bfloat16): (60, 15),
                 ("compiled", torch.bfloat16): (22, 8), ("compiled", torch.float32): (88, 16)}
 GIB = 2**30
-
-
-class PreflightError(NanochatError):
-    """The run as configured will not fit the device."""
 
 
 @dataclass
@@ -133,6 +131,18 @@ def preflight(config: GPTConfig, device_batch_size: int, seq_len: int, world_siz
         f"{capacity / GIB:.1f} GiB the device has at --device_batch_size={device_batch_size}; {advice} "
         "(gradient accumulation grows to keep the total batch), or --skip_preflight to try anyway"
     )
+
+
+def plan_run(config: GPTConfig, device_batch_size: int, seq_len: int, world_size: int, dtype: torch.dtype,
+             compiled: bool, device: torch.device, args: argparse.Namespace, plan: dict[str, object]) -> None:
+    """
+    A training script's preflight: print the plan; PreflightError when it will not fit the device
+    (unless --skip_preflight), and with --dry_run, PlanOnly once the plan is printed.
+    """
+    preflight(config, device_batch_size, seq_len, world_size, dtype, compiled, device, plan,
+              enforce=not args.skip_preflight)
+    if args.dry_run:
+        raise PlanOnly
 
 
 def format_plan(lines: dict[str, object], estimate: MemoryEstimate, capacity: int | None) -> str:

@@ -39,10 +39,10 @@ from nanochat.core_eval import (
     get_eval_bundle_dir,
     load_tasks,
 )
+from nanochat.precision import autocast_context, resolve_dtype
 from nanochat.report import get_report
 from nanochat.stages import STAGES
 from nanochat.tokenizer import TokenizerNotFoundError
-from nanochat.training import autocast_context, resolve_dtype
 from scripts.flags import ArgumentParser, add_device_args
 
 

@@ -7,19 +7,19 @@ Bits per byte of a base model on the train and val splits, plus a few greedy sam
 
 from __future__ import annotations
 
-import sys
 import time
 
-from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
+from nanochat.checkpoint_manager import load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, script_main
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.loss_eval import SAMPLE_PROMPTS, evaluate_bpb, sample_completions
+from nanochat.precision import autocast_context, resolve_dtype
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import autocast_context, resolve_dtype
 from scripts.flags import ArgumentParser, add_device_args, positive_int
 
 
+@script_main
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = ArgumentParser(description="Evaluate a base model's bits per byte on train and val.")
     add_device_args(p)
@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device_type = args.device_type or autodetect_device_type()
     _, rank, _, world_size, device = compute_init(device_type)
     autocast = autocast_context(device_type, resolve_dtype(device_type, args.dtype))
-    try:
-        model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.model_step)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.model_step)
     token_bytes = get_token_bytes(device)
     B, T = args.device_batch_size, model.config.sequence_len
     steps = max(1, args.split_tokens // (B * T * world_size))
@@ -62,4 +59,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -11,39 +11,22 @@ Saves to $NANOCHAT_BASE_DIR/base_checkpoints/<model_tag>/.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, run_main
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script_main
 from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
 from nanochat.loss_eval import evaluate_bpb, sample_completions
+from nanochat.precision import autocast_context, compile_model, peak_flops, resolve_dtype, wants_compile
+from nanochat.preflight import plan_run
 from nanochat.report import get_report
-from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_tokenizer
-from nanochat.training import (
-    StepBatches,
-    StepLog,
-    all_reduce_mean,
-    apply_schedule,
-    autocast_context,
-    finish_line,
-    compile_model,
-    grad_accum_steps_for,
-    lr_multiplier,
-    muon_momentum,
-    peak_flops,
-    plan_or_exit,
-    resolve_dtype,
-    resume_if_asked,
-    save_training_checkpoint,
-    stop_if_not_finite,
-    train_step,
-    wants_compile,
-)
+from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
+from nanochat.tokenizer import get_token_bytes, get_tokenizer
+from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line, grad_accum_steps_for, train_step
 from scripts.flags import ArgumentParser, add_run_args, positive_int
 
 
@@ -91,6 +74,7 @@ def plan_iterations(args: argparse.Namespace, num_params: int, flops_per_token: 
     raise ValueError("set one of --num_iterations, --target_flops, --target_param_data_ratio")
 
 
+@script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
@@ -100,10 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat", vars(args), master)
 
-    try:
-        tokenizer = get_tokenizer()
-    except TokenizerNotFoundError as e:
-        sys.exit(f"error: {e}")
+    tokenizer = get_tokenizer()
     token_bytes = get_token_bytes(device)
     config = config_for_depth(args.depth, tokenizer.get_vocab_size(), args.max_seq_len, args.n_kv_head or None)
     model_tag = args.model_tag or f"d{args.depth}"
@@ -119,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     tokens_per_step = args.total_batch_size
     use_compile = wants_compile(args.compile, device_type, fixed_shapes=True)
-    plan_or_exit(config, B, T, world_size, dtype, use_compile, device, args, {
+    plan_run(config, B, T, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}",
         "steps": f"{num_iterations:,} of {tokens_per_step:,} tokens; {num_iterations * tokens_per_step / num_params:.1f} tokens/param",
         "batch": f"{grad_accum_steps} micro-batches of {B}×{T} on each of {world_size} ranks",
@@ -131,43 +112,37 @@ def main(argv: list[str] | None = None) -> dict:
     optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
 
     run_meta = {"model_config": vars(config), "num_iterations": num_iterations}
-    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
-    start_step, loader_state = resumed.step, resumed.data_state
+    log = StepLog(tokens_per_step, flops_per_token, peak_flops(device, args.peak_flops), world_size)
+    loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log)
+    loader_state = loop.start.data_state  # where the saved run's data stopped (None: from the start)
 
     train_batches = StepBatches(tokenizing_distributed_data_loader_with_state(
         B, T, "train", tokenizer=tokenizer, device=device, resume_state=loader_state), grad_accum_steps)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
-    log = StepLog(tokens_per_step, flops_per_token, peak_flops(device, args.peak_flops), world_size, resumed.loop_state)
-
-    def save(step: int, val_bpb: float | None) -> None:
-        meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
-        save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, loader_state, args.keep_last)
-        print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
-
     core_tasks = load_tasks(get_eval_bundle_dir()) if args.core_metric_every > 0 else None
+
     # ---- the loop: step counts finished optimizer steps; the last pass only evaluates and saves ----
-    step, val_bpb, samples, core = start_step, None, [], None
+    step, val_bpb, samples, core = loop.start.step, None, [], None
     while True:
         # the data loops over the shards, but if it ever ends it ends on every rank at the same step
         last = step == num_iterations or not train_batches.have_next_step()
-        # a resumed run already evaluated this step before it saved
-        evaluated_before = step == start_step > 0
-        if last or (args.eval_every > 0 and step % args.eval_every == 0 and not evaluated_before):
+        # at the end always, even where a resumed run starts: the results report this val bpb
+        if last or loop.eval_due(step, args.eval_every):
             model.eval()
             val_batches = tokenizing_distributed_data_loader(B, T, "val", tokenizer=tokenizer, device=device)
             # the compiled model: evaluation batches have the training shape, so no recompilation
             val_bpb = evaluate_bpb(train_model, val_batches, eval_steps, token_bytes, autocast)
             model.train()
             wandb_run.log(log.eval(step, "val_bpb", val_bpb))
-        if core_tasks and (last or step % args.core_metric_every == 0) and not evaluated_before:
+        if core_tasks and loop.eval_due(step, args.core_metric_every, last):
             with autocast:  # the uncompiled model: every example has its own length
                 core = evaluate_core(model, tokenizer, device, tasks=core_tasks, max_per_task=args.core_metric_max_per_task)
             wandb_run.log(log.eval(step, "core_metric", core["core"]))
-        if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
+        if master and (last or (step > 0 and loop.due(step, args.sample_every))):
             samples = sample_completions(model, tokenizer)
             print0("\n".join(f"  sample: {s!r}" for s in samples))
-        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            save(step, val_bpb)
+        if loop.save_due(step, last):
+            loop.save(step, model, optimizers, loader_state, val_bpb=val_bpb)
         if last:
             break
 
@@ -177,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss, (loader_state,) = train_step(train_model, optimizers, train_batches, autocast)
         loss_value = all_reduce_mean(loss).item()  # .item() also waits for the device
         dt = time.perf_counter() - t0
-        stop_if_not_finite(loss_value, step)
-        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm))
+        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm))  # a NaN loss ends the run here
         step += 1
 
     val_history = [v for _, v in log.history("val_bpb")]
@@ -203,4 +177,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

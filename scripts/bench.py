@@ -96,8 +96,9 @@ def bench_train(args: argparse.Namespace) -> dict:
     """
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
+    from nanochat.precision import autocast_context, peak_flops
     from nanochat.preflight import estimate_peak_memory
-    from nanochat.training import StepBatches, autocast_context, peak_flops, train_step
+    from nanochat.training import StepBatches, train_step
 
     device_type = args.device_type or autodetect_device_type()
     device = torch.device(device_type)

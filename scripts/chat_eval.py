@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0, run_main
+from nanochat.precision import autocast_context, resolve_dtype
 from nanochat.report import get_report
 from nanochat.stages import STAGES
 from nanochat.task_eval import centered_accuracy, evaluate_task
-from nanochat.training import autocast_context, resolve_dtype
 from scripts.flags import ArgumentParser, add_device_args, positive_int
 from tasks import EVAL_TASK_NAMES, build_eval_task
 

@@ -18,26 +18,14 @@ import time
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, print0, run_main
+from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, script_main
 from nanochat.engine import Engine
+from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
+from nanochat.preflight import plan_run
 from nanochat.report import get_report
-from nanochat.training import (
-    StepBatches,
-    StepLog,
-    apply_schedule,
-    autocast_context,
-    compile_model,
-    finish_line,
-    plan_or_exit,
-    resolve_dtype,
-    resume_if_asked,
-    save_training_checkpoint,
-    scale_learning_rates,
-    stop_if_not_finite,
-    train_step_token_normalized,
-    wants_compile,
-)
+from nanochat.schedules import apply_schedule, scale_learning_rates
+from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.gsm8k import GSM8K
 
@@ -113,6 +101,7 @@ def evaluate_pass_at_k(engine: Engine, tokenizer, task, args: argparse.Namespace
     return {k: (passed[k] / passed[0].clamp(min=1)).item() for k in range(1, k_max + 1)}
 
 
+@script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
@@ -122,10 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     wandb_run = init_wandb(args.run, "nanochat-rl", vars(args), rank == 0)
     if args.examples_per_step % world_size:
         sys.exit(f"error: --examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
-    try:
-        model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
     checkpoint_dir = checkpoint_dir_for("rl", model_tag)
     train_task, test_task = GSM8K(subset="main", split="train"), GSM8K(subset="main", split="test")
@@ -133,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     if num_iterations <= 0:
         num_iterations = len(train_task) // args.examples_per_step * args.num_epochs
     use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rollouts differ in length
-    plan_or_exit(model.config, args.device_batch_size, model.config.sequence_len, world_size, dtype, use_compile, device,
+    plan_run(model.config, args.device_batch_size, model.config.sequence_len, world_size, dtype, use_compile, device,
                  args, {
         "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
         "steps": f"{num_iterations:,} of {args.examples_per_step} problems × {args.num_samples} samples",
@@ -146,27 +132,25 @@ def main(argv: list[str] | None = None) -> dict:
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
-    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
-    start_step = resumed.step
+    log = StepLog(0, world_size=world_size)  # tok/s from each step's count of sampled tokens
+    loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log)
 
     engine = Engine(model, tokenizer)
     pad = tokenizer.get_bos_token_id()
-    log = StepLog(0, world_size=world_size, state=resumed.loop_state)
     per_rank = args.examples_per_step // world_size
-    step, pass_at_k = start_step, {}
+    step, pass_at_k = loop.start.step, {}
     while True:
         last = step == num_iterations
-        if (last or (args.eval_every > 0 and step % args.eval_every == 0)) and not step == start_step > 0:
+        if loop.eval_due(step, args.eval_every, last):
             model.eval()
             with autocast:
                 pass_at_k = evaluate_pass_at_k(engine, tokenizer, test_task, args, step)
             model.train()
             for k in (1, args.device_batch_size):
                 wandb_run.log(log.eval(step, f"pass@{k}", pass_at_k[k]))
-        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "pass_at_k": pass_at_k, "loop_state": log.state}
-            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, {"next_step": step}, args.keep_last)
-            print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
+        if loop.save_due(step, last):
+            # the data position is the step itself: step s trains on problems s·examples_per_step onwards
+            loop.save(step, model, optimizers, {"next_step": step}, pass_at_k=pass_at_k)
         if last:
             break
 
@@ -197,10 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         if ddp:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         mean_reward, mean_length = (stats[0] / stats[1]).item(), (stats[2] / stats[1]).item()
-        stop_if_not_finite(loss.item(), step)
         log.track(step, "reward", mean_reward)
         wandb_run.log(log.step(step, num_iterations, loss.item(), dt, lrm, tokens=num_tokens, reward=mean_reward,
-                               seq_len=mean_length))
+                               seq_len=mean_length))  # a NaN loss ends the run here
         step += 1
 
     results = {"steps": num_iterations, **{f"pass@{k}": v for k, v in pass_at_k.items()},
@@ -214,4 +197,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

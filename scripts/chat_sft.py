@@ -15,28 +15,16 @@ import argparse
 import sys
 import time
 
-from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, run_main
+from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, script_main
 from nanochat.dataloader import sft_loader
 from nanochat.loss_eval import evaluate_loss
+from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
+from nanochat.preflight import plan_run
 from nanochat.report import get_report
+from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.task_eval import evaluate_categorical
-from nanochat.training import (
-    StepBatches,
-    StepLog,
-    apply_schedule,
-    autocast_context,
-    compile_model,
-    finish_line,
-    plan_or_exit,
-    resolve_dtype,
-    resume_if_asked,
-    save_training_checkpoint,
-    scale_learning_rates,
-    stop_if_not_finite,
-    train_step_token_normalized,
-    wants_compile,
-)
+from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.arc import ARC
 from tasks.common import TaskMixture
@@ -88,6 +76,7 @@ def build_datasets(smoltalk_size: int, spelling_size: int, max_conversations: in
     return train, SmolTalk(split="test")
 
 
+@script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
@@ -95,10 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = resolve_dtype(device_type, args.dtype)
     autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-sft", vars(args), rank == 0)
-    try:
-        model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
     checkpoint_dir = checkpoint_dir_for("sft", model_tag)
     max_len = args.max_seq_len or model.config.sequence_len
@@ -114,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
     use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rows are padded per batch
-    plan_or_exit(model.config, B, max_len, world_size, dtype, use_compile, device, args, {
+    plan_run(model.config, B, max_len, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations, each on its own row of at most {max_len} tokens",
         "steps": f"{num_iterations:,} of {args.target_examples_per_step} conversations",
@@ -126,26 +112,25 @@ def main(argv: list[str] | None = None) -> dict:
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
-    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device, run_meta)
-    start_step, data_state = resumed.step, resumed.data_state
+    log = StepLog(0, world_size=world_size)  # tok/s from each step's count of target tokens
+    loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log)
+    data_state = loop.start.data_state
 
     batches = StepBatches(sft_loader(train_set, tokenizer, B, max_len, device, loop=True, resume_state=data_state),
                           grad_accum_steps)
-    log = StepLog(0, world_size=world_size, state=resumed.loop_state)
     metric_tasks = {"MMLU": MMLU(subset="all", split="test"), "ARC-Easy": ARC(subset="ARC-Easy", split="test")}
 
-    step, val_loss, metrics = start_step, None, {}
+    step, val_loss, metrics = loop.start.step, None, {}
     while True:
         # the loader loops over the data, but the last step is still decided the same way on every rank
         last = step == num_iterations or not batches.have_next_step()
-        fresh = not step == start_step > 0  # a resumed run evaluated this step before saving
-        if (last or (args.eval_every > 0 and step % args.eval_every == 0)) and fresh:
+        if loop.eval_due(step, args.eval_every, last):
             model.eval()
             val_batches = sft_loader(val_set, tokenizer, B, max_len, device, loop=True)
             val_loss = evaluate_loss(model, val_batches, args.eval_steps, autocast)
             model.train()
             wandb_run.log(log.eval(step, "val_loss", val_loss))
-        if (last or (args.eval_metrics_every > 0 and step % args.eval_metrics_every == 0)) and fresh:
+        if loop.eval_due(step, args.eval_metrics_every, last):
             model.eval()
             with autocast:
                 for name, task in metric_tasks.items():
@@ -153,10 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                          max_problems=args.eval_metrics_max_problems)
                     wandb_run.log(log.eval(step, f"{name}_acc", metrics[name]))
             model.train()
-        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "val_loss": val_loss, "loop_state": log.state}
-            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state, args.keep_last)
-            print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
+        if loop.save_due(step, last):
+            loop.save(step, model, optimizers, data_state, val_loss=val_loss)
         if last:
             break
 
@@ -166,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         loss, num_tokens, (data_state,) = train_step_token_normalized(train_model, optimizers, batches, autocast)
         loss_value = loss.item()
         dt = time.perf_counter() - t0
-        stop_if_not_finite(loss_value, step)
-        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm, tokens=num_tokens))  # tok/s counts target tokens
+        # tok/s counts target tokens; a NaN loss ends the run here
+        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm, tokens=num_tokens))
         step += 1
 
     results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
@@ -180,4 +163,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -11,38 +11,20 @@ Starts from base_checkpoints/, saves to mid_checkpoints/<model_tag>/.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
-from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, run_main
+from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, script_main
 from nanochat.dataloader import packed_conversation_loader
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.precision import autocast_context, compile_model, peak_flops, resolve_dtype, wants_compile
+from nanochat.preflight import plan_run
 from nanochat.report import get_report
+from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum, scale_learning_rates
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import (
-    StepBatches,
-    StepLog,
-    all_reduce_mean,
-    apply_schedule,
-    autocast_context,
-    compile_model,
-    finish_line,
-    grad_accum_steps_for,
-    lr_multiplier,
-    muon_momentum,
-    peak_flops,
-    plan_or_exit,
-    resolve_dtype,
-    resume_if_asked,
-    save_training_checkpoint,
-    scale_learning_rates,
-    stop_if_not_finite,
-    train_step,
-    wants_compile,
-)
+from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line, grad_accum_steps_for, train_step
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.common import TaskMixture
 from tasks.customjson import CustomJSON, get_identity_conversations
@@ -91,6 +73,7 @@ def lr_for_progress(step: int, num_iterations: int, progress: float) -> float:
     return 1.0 if progress < 0.8 else max(0.0, 1 - (progress - 0.8) / 0.2)
 
 
+@script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
@@ -98,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = resolve_dtype(device_type, args.dtype)
     autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-mid", vars(args), rank == 0)
-    try:
-        model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
     checkpoint_dir = checkpoint_dir_for("mid", model_tag)
     T = args.max_seq_len or model.config.sequence_len
@@ -109,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     train_set, val_set = build_mixtures(args.spelling_size, args.max_conversations)
     use_compile = wants_compile(args.compile, device_type, fixed_shapes=True)  # packed rows: always B×T
-    plan_or_exit(model.config, B, T, world_size, dtype, use_compile, device, args, {
+    plan_run(model.config, B, T, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag} from {args.source} step {source_meta['step']}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations packed into rows of {T} tokens",
         "steps": f"{args.num_iterations:,} of {args.total_batch_size:,} tokens" if args.num_iterations > 0
@@ -122,17 +102,18 @@ def main(argv: list[str] | None = None) -> dict:
     scale_learning_rates(optimizers, args.init_lr_frac)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": source_meta["step"]}
-    resumed = resume_if_asked(args, checkpoint_dir, model, optimizers, device,
-                              {k: v for k, v in run_meta.items() if k != "source_step"})
-    start_step, data_state = resumed.step, resumed.data_state
+    log = StepLog(args.total_batch_size, model.estimate_flops(), peak_flops(device), world_size)
+    # the source's step is recorded, not compared: a resumed run's weights come from its own checkpoint
+    loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log,
+                              expect={k: v for k, v in run_meta.items() if k != "source_step"})
+    data_state = loop.start.data_state
 
     batches = StepBatches(packed_conversation_loader(train_set, tokenizer, B, T, device, loop=args.num_iterations > 0,
                                                      resume_state=data_state), grad_accum_steps)
     token_bytes = get_token_bytes(device)
     eval_steps = max(1, args.eval_tokens // (B * T * world_size))
-    log = StepLog(args.total_batch_size, model.estimate_flops(), peak_flops(device), world_size, resumed.loop_state)
 
-    step, val_bpb = start_step, None
+    step, val_bpb = loop.start.step, None
     progress = 0.0 if data_state is None else data_state["progress"]
     # as after every step: the mean over ranks, so a resumed run sets the rate the uninterrupted one did
     progress = all_reduce_mean(torch.tensor(progress, dtype=torch.float64, device=device)).item()
@@ -140,16 +121,15 @@ def main(argv: list[str] | None = None) -> dict:
         # each rank packs its own conversations, so ranks run dry at different steps: the run ends
         # when any rank cannot fill another step, decided together so no rank is left in a collective
         last = step == args.num_iterations or not batches.have_next_step()
-        if last or (args.eval_every > 0 and step % args.eval_every == 0 and not step == start_step > 0):
+        # at the end always, even where a resumed run starts: the results report this val bpb
+        if last or loop.eval_due(step, args.eval_every):
             model.eval()
             val_batches = packed_conversation_loader(val_set, tokenizer, B, T, device, loop=True)
             val_bpb = evaluate_bpb(train_model, val_batches, eval_steps, token_bytes, autocast)  # same shapes: compiled
             model.train()
             wandb_run.log(log.eval(step, "val_bpb", val_bpb))
-        if step > start_step and (last or (args.save_every > 0 and step % args.save_every == 0)):
-            meta = {**run_meta, "run_id": resumed.run_id, "user_config": vars(args), "val_bpb": val_bpb, "loop_state": log.state}
-            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, data_state, args.keep_last)
-            print0(f"saved checkpoint at step {step} to {checkpoint_dir}")
+        if loop.save_due(step, last):
+            loop.save(step, model, optimizers, data_state, val_bpb=val_bpb)
         if last:
             break
 
@@ -159,11 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
         loss, (data_state,) = train_step(train_model, optimizers, batches, autocast)
         loss_value = all_reduce_mean(loss).item()
         dt = time.perf_counter() - t0
-        stop_if_not_finite(loss_value, step)
         # the mean over ranks: every rank must set the same learning rate on its optimizer shard
         progress = all_reduce_mean(torch.tensor(data_state["progress"], dtype=torch.float64, device=device)).item()
         wandb_run.log(log.step(step, args.num_iterations if args.num_iterations > 0 else None, loss_value, dt, lrm,
-                               progress=progress))
+                               progress=progress))  # a NaN loss ends the run here
         step += 1
 
     val_history = [v for _, v in log.history("val_bpb")]
@@ -177,4 +156,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

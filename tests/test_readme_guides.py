@@ -12,9 +12,10 @@ import torch
 
 from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, load_model, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig, config_for_depth
+from nanochat.precision import resolve_dtype
 from nanochat.preflight import GIB, largest_fitting_batch
 from nanochat.tokenizer import get_tokenizer_dir
-from nanochat.training import grad_accum_steps_for, resolve_dtype
+from nanochat.training import grad_accum_steps_for
 from scripts import base_train, chat_cli, chat_sft
 from tasks.customjson import CustomJSON
 

@@ -12,7 +12,7 @@ import torch
 
 from nanochat import checkpoint_manager
 from nanochat.common import compute_init
-from nanochat.training import save_training_checkpoint
+from nanochat.resume import save_training_checkpoint
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tiny import make_tiny_model  # noqa: E402
