@@ -25,6 +25,7 @@ from nanochat.precision import autocast_context, compile_model, peak_flops, reso
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
+from nanochat.stages import STAGES
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line, grad_accum_steps_for, train_step
 from scripts.flags import ArgumentParser, add_run_args, positive_int
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training_time_min": log.state["total_time"] / 60,
     }
     finish_line(results, device)
-    get_report().log(section="Base model training", data=[{**vars(args), "device_type": device_type}, results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
+    get_report().log(section=STAGES["base"].section, data=[{**vars(args), "device_type": device_type}, results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

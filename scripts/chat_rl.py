@@ -25,6 +25,7 @@ from nanochat.precision import autocast_context, compile_model, resolve_dtype, w
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
+from nanochat.stages import STAGES
 from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.gsm8k import GSM8K
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
                "mean_reward_first_step": log.history("reward")[0][1] if log.history("reward") else None,
                "mean_reward_last_step": log.history("reward")[-1][1] if log.history("reward") else None, "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section="Chat RL", data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
+    get_report().log(section=STAGES["rl"].section, data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

@@ -23,6 +23,7 @@ from nanochat.precision import autocast_context, compile_model, resolve_dtype, w
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
+from nanochat.stages import STAGES
 from nanochat.task_eval import evaluate_categorical
 from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section="Chat SFT", data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
+    get_report().log(section=STAGES["sft"].section, data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

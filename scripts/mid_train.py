@@ -23,6 +23,7 @@ from nanochat.precision import autocast_context, compile_model, peak_flops, reso
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum, scale_learning_rates
+from nanochat.stages import STAGES
 from nanochat.tokenizer import get_token_bytes
 from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line, grad_accum_steps_for, train_step
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section="Midtraining", data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
+    get_report().log(section=STAGES["mid"].section, data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results
