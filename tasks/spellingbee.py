@@ -25,7 +25,7 @@ import random
 import string
 
 from nanochat.common import get_base_dir
-from nanochat.synthetic import draw
+from nanochat.synthetic import draw, letter_tally
 from tasks.common import Task, download_small_file, is_offline
 from tasks.gsm8k import _same_number, extract_answer
 
@@ -144,14 +144,7 @@ class SpellingBee(_GeneratedTask):
         count = word.count(letter)
 
         # spell the word out, numbering each occurrence of the letter as it comes
-        lines, running = [], 0
-        for ch in word:
-            if ch == letter:
-                running += 1
-                lines.append(f"{ch} <- {running}")
-            else:
-                lines.append(ch)
-        spelled = "\n".join(lines)
+        spelled = "\n".join(letter_tally(word, letter, "{ch} <- {n}"))
         manual = (f"We need to count the letter '{letter}' in the word '{word}'. "
                   f"Spelling it out one letter at a time and counting each '{letter}':\n\n{spelled}\n\n"
                   f"That makes {count}. Let me double-check with Python:\n\n")

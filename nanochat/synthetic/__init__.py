@@ -35,7 +35,7 @@ from nanochat.synthetic.facts import (ALL_COLORS, ALL_KINDS, ARC_CHALLENGE_KINDS
 from nanochat.synthetic.heldout import HELD_OUT_PERCENT, draw, is_held_out, question_key
 from nanochat.synthetic.pretraining import make_document, write_shards
 from nanochat.synthetic.rows import GeneratedRows
-from nanochat.synthetic.spelling import make_spelling_drill
+from nanochat.synthetic.spelling import letter_tally, make_spelling_drill
 from nanochat.synthetic.stories import make_story
 from nanochat.synthetic.task_rows import (ARC_SIZES, GSM8K_SIZES, HUMANEVAL_SIZE, MMLU_SIZES, SMOLTALK_SIZES,
                                           arc_twin, gsm8k_twin, humaneval_twin, mmlu_twin, smoltalk_twin)
@@ -52,7 +52,7 @@ __all__ = [
     "HELD_OUT_PERCENT", "draw", "is_held_out", "question_key",
     "make_document", "write_shards",
     "GeneratedRows",
-    "make_spelling_drill",
+    "letter_tally", "make_spelling_drill",
     "make_story",
     "ARC_SIZES", "GSM8K_SIZES", "HUMANEVAL_SIZE", "MMLU_SIZES", "SMOLTALK_SIZES",
     "arc_twin", "gsm8k_twin", "humaneval_twin", "mmlu_twin", "smoltalk_twin",

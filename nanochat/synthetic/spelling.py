@@ -19,6 +19,18 @@ def _letter_count_question(rng: random.Random) -> tuple[str, str, str]:
     return question, word, letter
 
 
+def letter_tally(word: str, letter: str, mark: str) -> list[str]:
+    """The word's letters in order, each occurrence of `letter` written as mark.format(ch=..., n=its number so far)."""
+    tally, n = [], 0
+    for ch in word:
+        if ch == letter:
+            n += 1
+            tally.append(mark.format(ch=ch, n=n))
+        else:
+            tally.append(ch)
+    return tally
+
+
 def make_spelling_drill(rng: random.Random) -> str:
     """
     A short drill on the letters of a word. Tokenizers hide letters inside tokens, so the
@@ -27,13 +39,7 @@ def make_spelling_drill(rng: random.Random) -> str:
     kind = rng.random()
     if kind < 0.45:  # count one letter, with a running tally
         question, word, letter = draw(rng, _letter_count_question, False, lambda q: q[0])
-        tally, count = [], 0
-        for ch in word:
-            if ch == letter:
-                count += 1
-                tally.append(f"{ch}({count})")
-            else:
-                tally.append(ch)
+        tally, count = letter_tally(word, letter, "{ch}({n})"), word.count(letter)
         verb = "is" if count == 1 else "are"
         # the python call is the one SpellingBee's answers make: the word as it looks in quotes
         return (f"{question} Spelling it out and counting each {letter}: {'-'.join(tally)}. "
