@@ -1,9 +1,16 @@
 """
-Reinforcement learning on GSM8K: sample several answers per problem, reward the right ones,
-and push up the log-probability of each answer by its advantage (its reward minus the mean
-reward of its group), a group-relative policy gradient in the style of GRPO, on-policy.
+Reinforcement learning on verifiable rewards: sample a group of answers per problem from a
+mixture of tasks (GSM8K, spelling, HumanEval, ARC), reward the right ones with each task's
+verifier, and push up the log-probability of each answer by its advantage (its reward minus
+its group's mean), a group-relative policy gradient in the style of GRPO.
 
-    python -m scripts.chat_rl
+With no knob set this is nanochat's simplified on-policy REINFORCE. The knobs of modern GRPO
+(--kl_coef, --ppo_epochs/--num_minibatches with ratio clipping, --adv_norm, --loss_agg,
+--dynamic_sampling, --overlong) are each off by default; two defaults differ from nanochat's:
+the sampled stop token is trained (--train_stop_token=0 switches it off) and sampling uses the
+full distribution (--top_k unset; when set, a truncated importance weight corrects for it).
+
+    python -m scripts.chat_rl --tasks=GSM8K:2,SpellingBee
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_rl -- --run=rl
 
 Starts from chatsft_checkpoints/ (or --source), saves to chatrl_checkpoints/<model_tag>/.
@@ -12,94 +19,116 @@ Starts from chatsft_checkpoints/ (or --source), saves to chatrl_checkpoints/<mod
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from functools import partial
 
 import torch
-import torch.distributed as dist
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, script_main
 from nanochat.engine import Engine
+from nanochat.errors import PreflightError
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
+from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, all_reduce_sum, answer_text,
+                         group_advantages, k3_kl, parse_tasks, pass_at_k, policy_loss, rollout_batches, rollout_statistics,
+                         sample_answers, sequence_weights, shape_rewards)
 from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.stages import STAGES
 from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
-from tasks.gsm8k import GSM8K
+
+REFILL_KEYS = 1 << 40  # dynamic sampling's fresh problems are numbered from here: never a regular slot's number
+
+
+def optional_top_k(value: str) -> int | None:
+    """--top_k: a positive int, or none/0 for the full distribution."""
+    return None if value.lower() in ("none", "0") else positive_int(value)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(description="Policy-gradient RL on GSM8K.")
+    p = ArgumentParser(description="Policy-gradient RL on verifiable task rewards.")
     add_stage_args(p, source="sft", init_lr_frac=0.05)
+    p.add_argument("--tasks", default="GSM8K",
+                   help=f"reward tasks, comma-separated, each with an optional :weight (else by size); of {', '.join(REWARD_TASKS)}")
     p.add_argument("--num_samples", type=positive_int, default=16, help="answers sampled per problem (the group)")
     p.add_argument("--max_new_tokens", type=int, default=256, help="most tokens per sampled answer")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the answers")
-    p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens")
+    p.add_argument("--top_k", type=optional_top_k, default=None, help="sample among the k likeliest tokens (none: all)")
+    p.add_argument("--tis_cap", type=float, default=2.0,
+                   help="cap of the importance weight π/q correcting top-k or temperature sampling (0: no weight)")
+    p.add_argument("--train_stop_token", type=int, choices=(0, 1), default=1, help="train on the sampled stop token")
     p.add_argument("--device_batch_size", type=positive_int, default=8, help="most rows in any forward pass")
     p.add_argument("--examples_per_step", type=positive_int, default=16, help="problems per step, all ranks")
-    p.add_argument("--num_epochs", type=int, default=1, help="passes over GSM8K train (when --num_iterations is -1)")
-    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from --num_epochs)")
-    p.add_argument("--eval_every", type=int, default=60, help="pass@k on GSM8K test every N steps (-1: only at the end)")
-    p.add_argument("--eval_examples", type=int, default=400, help="GSM8K test problems per evaluation")
+    p.add_argument("--num_epochs", type=int, default=1, help="passes over the tasks' train problems (when --num_iterations is -1)")
+    p.add_argument("--num_iterations", type=int, default=-1, help="steps (-1: from --num_epochs)")
+    # the knobs of modern GRPO, each off by default
+    p.add_argument("--kl_coef", type=float, default=0.0, help="k3 KL penalty to the source checkpoint, in the loss")
+    p.add_argument("--ppo_epochs", type=positive_int, default=1, help="passes over each rollout")
+    p.add_argument("--num_minibatches", type=positive_int, default=1, help="optimizer updates per pass over a rollout")
+    p.add_argument("--clip_low", type=float, default=0.2, help="ratio clipped below at 1-clip_low (when updates > 1)")
+    p.add_argument("--clip_high", type=float, default=0.28, help="ratio clipped above at 1+clip_high (when updates > 1)")
+    p.add_argument("--adv_norm", choices=("none", "group", "batch"), default="none",
+                   help="divide advantages by the group's std, the step's, or not at all")
+    p.add_argument("--loss_agg", choices=("token", "sequence"), default="token",
+                   help="mean over the step's tokens, or the mean of per-answer means")
+    p.add_argument("--dynamic_sampling", action="store_true",
+                   help="replace groups whose rewards are all equal with fresh problems; drop those left")
+    p.add_argument("--max_refills", type=int, default=8, help="fresh problems per rank and step, at most (dynamic sampling)")
+    p.add_argument("--overlong", choices=("none", "mask", "penalty"), default="none",
+                   help="answers cut at --max_new_tokens: as any other, left out of the loss, or their reward minus 1")
+    p.add_argument("--reward_workers", type=positive_int, default=4, help="rewards scored at once (HumanEval: sandboxes)")
+    # evaluation
+    p.add_argument("--eval_every", type=int, default=60, help="pass@k on the tasks' test problems every N steps (-1: only at the end)")
+    p.add_argument("--eval_examples", type=int, default=400, help="test problems per task and evaluation")
+    p.add_argument("--eval_samples", type=positive_int, default=8, help="samples per test problem for pass@k")
     p.add_argument("--save_every", type=int, default=60, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     return p.parse_args(argv)
 
 
-def policy_gradient_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                         advantages: torch.Tensor) -> torch.Tensor:
-    """−Σ advantage · log p(token) over the sampled tokens (targets of −1 — prompt, forced tool output, padding — excluded)."""
-    nll = model(inputs, targets, loss_reduction="none").view_as(targets)  # 0 where the target is -1
-    return (nll * advantages[:, None]).sum()
-
-
-def rollout_batches(rows: list[list[int]], masks: list[list[int]], advantages: list[float], pad: int,
-                    device_batch_size: int, device: torch.device):
-    """(inputs, targets, advantages) micro-batches: the model is trained only on what it sampled."""
-    for start in range(0, len(rows), device_batch_size):
-        chunk = range(start, min(start + device_batch_size, len(rows)))
-        width = max(len(rows[i]) for i in chunk) - 1
-        inputs = [rows[i][:-1] + [pad] * (width - len(rows[i]) + 1) for i in chunk]
-        targets = [[t if m else -1 for t, m in zip(rows[i][1:], masks[i][1:])] + [-1] * (width - len(rows[i]) + 1)
-                   for i in chunk]
-        yield (torch.tensor(inputs, device=device), torch.tensor(targets, device=device),
-               torch.tensor([advantages[i] for i in chunk], dtype=torch.float32, device=device))
-
-
-def sample_group(engine: Engine, tokenizer, task, index: int, args: argparse.Namespace, seed: int, num_samples: int,
-                 temperature: float) -> tuple[list[list[int]], list[list[int]], list[float]]:
-    """num_samples answers to one problem, device_batch_size at a time, each chunk with its own seed."""
+def sample_group(engine: Engine, tokenizer, task_name: str, task, index: int, num_samples: int, args: argparse.Namespace,
+                 seed: int, temperature: float, pool: RewardPool) -> Group:
+    """num_samples answers to one problem, device_batch_size at a time, each chunk with its own seed, and their rewards."""
     conversation = task[index]
     prompt = tokenizer.render_for_completion(conversation)
-    rows, masks = [], []
+    rows, masks, truncated = [], [], []
     for chunk, start in enumerate(range(0, num_samples, args.device_batch_size)):
         n = min(args.device_batch_size, num_samples - start)
-        r, m = engine.generate_batch(prompt, num_samples=n, max_tokens=args.max_new_tokens, temperature=temperature,
-                                     top_k=args.top_k, seed=seed + chunk)
-        rows += r
-        masks += m
-    rewards = [task.reward(conversation, tokenizer.decode(row[len(prompt):])) for row in rows]
-    return rows, masks, rewards
+        r, m, t = sample_answers(engine, prompt, n, args.max_new_tokens, temperature, args.top_k, seed + chunk,
+                                 keep_stop=bool(args.train_stop_token))
+        rows, masks, truncated = rows + r, masks + m, truncated + t
+    answers = [answer_text(tokenizer, row, len(prompt), engine.stop_tokens) for row in rows]
+    return Group(task_name, rows, masks, truncated, pool.score(task, conversation, answers))
 
 
 @torch.no_grad()
-def evaluate_pass_at_k(engine: Engine, tokenizer, task, args: argparse.Namespace, step: int) -> dict[int, float]:
-    """pass@k for k = 1..device_batch_size on the first eval_examples test problems (rank-strided)."""
+def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, pool: RewardPool) -> dict[str, float]:
+    """
+    Per task, on its first eval_examples test problems (rank-strided): pass@k by the unbiased
+    estimator over eval_samples answers at temperature 1, with a seed fixed per problem so that
+    changes between evaluations are the model's, and greedy pass@1 beside it.
+    """
     _, rank, _, world_size = get_dist_info()
-    k_max = args.device_batch_size
-    passed = torch.zeros(k_max + 1, device=engine.model.get_device())
-    for i in range(rank, min(args.eval_examples, len(task)), world_size):
-        _, _, rewards = sample_group(engine, tokenizer, task, i, args, seed=10**9 + 1000 * step + i,
-                                     num_samples=k_max, temperature=1.0)
-        for k in range(1, k_max + 1):
-            passed[k] += float(any(r > 0 for r in rewards[:k]))
-        passed[0] += 1
-    if world_size > 1:
-        dist.all_reduce(passed, op=dist.ReduceOp.SUM)
-    return {k: (passed[k] / passed[0].clamp(min=1)).item() for k in range(1, k_max + 1)}
+    n = args.eval_samples
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < n] + [n]
+    results = {}
+    for name, task in tasks.items():
+        sums = [0.0] * (len(ks) + 2)  # pass@k for each k, greedy, problems
+        for i in range(rank, min(args.eval_examples, len(task)), world_size):
+            sampled = sample_group(engine, tokenizer, name, task, i, n, args, 10**9 + i, 1.0, pool)
+            correct = sum(r > 0 for r in sampled.rewards)
+            greedy = sample_group(engine, tokenizer, name, task, i, 1, args, 0, 0.0, pool)
+            for j, k in enumerate(ks):
+                sums[j] += pass_at_k(n, correct, k)
+            sums[-2] += float(greedy.rewards[0] > 0)
+            sums[-1] += 1
+        sums = all_reduce_sum(sums, engine.model.get_device())
+        count = max(sums[-1], 1)
+        results.update({f"{name}/pass@{k}": sums[j] / count for j, k in enumerate(ks)})
+        results[f"{name}/greedy_pass@1"] = sums[-2] / count
+    return results
 
 
 @script_main
@@ -111,19 +140,34 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-rl", vars(args), rank == 0)
     if args.examples_per_step % world_size:
-        sys.exit(f"error: --examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
+        raise PreflightError(f"--examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
+    weights = parse_tasks(args.tasks)
     model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
+    # the frozen reference of the KL: the source checkpoint itself (a resumed run loads it again, unchanged)
+    ref_model, _, _ = load_model(args.source, device, "eval", args.model_tag, args.model_step)
+    ref_model.requires_grad_(False)
     model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
     checkpoint_dir = checkpoint_dir_for("rl", model_tag)
-    train_task, test_task = GSM8K(subset="main", split="train"), GSM8K(subset="main", split="test")
+    train_tasks = {name: REWARD_TASKS[name]("train") for name in weights}
+    test_tasks = {name: REWARD_TASKS[name]("test") for name in weights}
+    sampler = ProblemSampler(train_tasks, weights)
     num_iterations = args.num_iterations
     if num_iterations <= 0:
-        num_iterations = len(train_task) // args.examples_per_step * args.num_epochs
+        num_iterations = sum(len(t) for t in train_tasks.values()) // args.examples_per_step * args.num_epochs
+    updates_per_step = args.ppo_epochs * args.num_minibatches
+    loss_cfg = LossConfig(
+        # one update per rollout trains at ratio 1: nothing to clip
+        clip_low=args.clip_low if updates_per_step > 1 else 0.0, clip_high=args.clip_high if updates_per_step > 1 else 0.0,
+        kl_coef=args.kl_coef, top_k=args.top_k, temperature=args.temperature,
+        # sampling from what is trained (full distribution, temperature 1) needs no correction
+        tis_cap=args.tis_cap if (args.top_k or args.temperature != 1.0) else 0.0)
     use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rollouts differ in length
     plan_run(model.config, args.device_batch_size, model.config.sequence_len, world_size, dtype, use_compile, device,
-                 args, {
+             args, {
         "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
-        "steps": f"{num_iterations:,} of {args.examples_per_step} problems × {args.num_samples} samples",
+        "tasks": ", ".join(f"{n} ({len(t):,} train problems)" for n, t in train_tasks.items()),
+        "steps": f"{num_iterations:,} of {args.examples_per_step} problems × {args.num_samples} samples, "
+                 f"{updates_per_step} update(s) each",
         "batch": f"rows of at most {model.config.sequence_len} tokens, {args.device_batch_size} per forward pass "
                  f"on each of {world_size} ranks",
         "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
@@ -137,61 +181,115 @@ def main(argv: list[str] | None = None) -> dict:
     loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log)
 
     engine = Engine(model, tokenizer)
+    pool = RewardPool(args.reward_workers)
     pad = tokenizer.get_bos_token_id()
     per_rank = args.examples_per_step // world_size
-    step, pass_at_k = loop.start.step, {}
+    task_names = list(train_tasks)
+    step, evals = loop.start.step, {}
     while True:
         last = step == num_iterations
         if loop.eval_due(step, args.eval_every, last):
             model.eval()
             with autocast:
-                pass_at_k = evaluate_pass_at_k(engine, tokenizer, test_task, args, step)
+                evals = evaluate(engine, tokenizer, test_tasks, args, pool)
             model.train()
-            for k in (1, args.device_batch_size):
-                wandb_run.log(log.eval(step, f"pass@{k}", pass_at_k[k]))
+            for name, value in evals.items():
+                wandb_run.log(log.eval(step, name, value))
         if loop.save_due(step, last):
-            # the data position is the step itself: step s trains on problems s·examples_per_step onwards
-            loop.save(step, model, optimizers, {"next_step": step}, pass_at_k=pass_at_k)
+            # the data position is the step itself: step s draws problems s·examples_per_step onwards
+            loop.save(step, model, optimizers, {"next_step": step}, evals=evals)
         if last:
             break
 
+        # ---- rollouts: a group of answers per problem, rewarded by its task ----
         t0 = time.perf_counter()
         model.eval()
-        rows, masks, advantages, rewards = [], [], [], []
+        groups, sampled, refills = [], [], 0
         for j in range(per_rank):
-            index = (step * args.examples_per_step + rank + j * world_size) % len(train_task)
-            seed = args.seed + 1_000_003 * step + 1009 * index
-            with autocast:
-                r, m, group_rewards = sample_group(engine, tokenizer, train_task, index, args, seed, args.num_samples,
-                                                   args.temperature)
-            mean = sum(group_rewards) / len(group_rewards)
-            rows += r
-            masks += m
-            rewards += group_rewards
-            advantages += [reward - mean for reward in group_rewards]
+            key = step * args.examples_per_step + rank + j * world_size
+            while True:
+                name, task, index = sampler(key)
+                seed = args.seed + 1_000_003 * step + 1009 * index + 7 * refills
+                with autocast:
+                    group = sample_group(engine, tokenizer, name, task, index, args.num_samples, args, seed,
+                                         args.temperature, pool)
+                sampled.append(group)
+                if not (args.dynamic_sampling and group.zero_variance):
+                    groups.append(group)
+                    break
+                if refills == args.max_refills:  # out of fresh problems: this slot trains on nothing
+                    break
+                # a fresh problem, numbered apart from every regular slot and every other rank's refills
+                key = REFILL_KEYS + (step * world_size + rank) * (args.max_refills + 1) + refills
+                refills += 1
+        advantages = group_advantages([shape_rewards(g.rewards, g.truncated, args.overlong) for g in groups],
+                                      args.adv_norm, device)
+        rows = [row for g in groups for row in g.rows]
+        masks = [mask for g in groups for mask in g.masks]
+        if args.overlong == "mask":  # a cut answer is neither right nor wrong: leave it out of the loss
+            masks = [[0] * len(m) if t else m for g in groups for m, t in zip(g.masks, g.truncated)]
+        row_advantages = [a for adv in advantages for a in adv]
+
+        # ---- updates: ppo_epochs passes over the rollout, num_minibatches optimizer steps each ----
         model.train()
         lrm = 1.0 - step / num_iterations
         apply_schedule(optimizers, lrm)
-        num_micro_batches = -(-len(rows) // args.device_batch_size)
-        batches = StepBatches(rollout_batches(rows, masks, advantages, pad, args.device_batch_size, device),
-                              num_micro_batches)
-        loss, num_tokens, _ = train_step_token_normalized(train_model, optimizers, batches, autocast,
-                                                          loss_fn=policy_gradient_loss)
+        minibatches = []
+        for m in range(args.num_minibatches):  # contiguous slices; on an uneven rank some may be empty
+            lo, hi = m * len(rows) // args.num_minibatches, (m + 1) * len(rows) // args.num_minibatches
+            lengths = [sum(mask[1:]) for mask in masks[lo:hi]]
+            row_weights = [1.0] * (hi - lo)
+            if args.loss_agg == "sequence":
+                num_tokens, num_rows = all_reduce_sum([sum(lengths), sum(n > 0 for n in lengths)], device)
+                row_weights = sequence_weights(lengths, int(num_tokens), int(num_rows))
+            micro = list(rollout_batches(rows[lo:hi], masks[lo:hi], row_advantages[lo:hi], row_weights, pad,
+                                         args.device_batch_size, device))
+            with autocast:  # the rollout policy's log-probs, entropy, and the reference's, before any update
+                micro = [(*b, rollout_statistics(model, ref_model, b[0], b[1], loss_cfg)) for b in micro]
+            minibatches.append(micro)
+        counters = {"clipped": 0.0, "kl": 0.0}
+        loss_fn = partial(policy_loss, cfg=loss_cfg, counters=counters)
+        for _ in range(args.ppo_epochs):
+            for micro in minibatches:
+                loss, num_tokens, _ = train_step_token_normalized(train_model, optimizers,
+                                                                  StepBatches(iter(micro), len(micro)), autocast,
+                                                                  loss_fn=loss_fn)
         dt = time.perf_counter() - t0
-        stats = torch.tensor([sum(rewards), len(rewards), sum(len(r) for r in rows)], dtype=torch.float64, device=device)
-        if ddp:
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-        mean_reward, mean_length = (stats[0] / stats[1]).item(), (stats[2] / stats[1]).item()
-        log.track(step, "reward", mean_reward)
-        wandb_run.log(log.step(step, num_iterations, loss.item(), dt, lrm, tokens=num_tokens, reward=mean_reward,
-                               seq_len=mean_length))  # a NaN loss ends the run here
+
+        # ---- what a researcher watches ----
+        trained = [b for micro in minibatches for b in micro]
+        per_task = [x for name in task_names for x in (sum(sum(g.rewards) for g in sampled if g.task_name == name),
+                                                       sum(len(g.rewards) for g in sampled if g.task_name == name))]
+        totals = all_reduce_sum([
+            sum(len(g.rewards) for g in sampled), sum(sum(g.rewards) for g in sampled),
+            len(sampled), sum(g.zero_variance for g in sampled), refills,
+            sum(sum(m) for g in sampled for m in g.masks),  # sampled tokens (not the forced tool output)
+            sum(sum(g.truncated) for g in sampled),
+            sum(float(b[-1]["entropy"].sum()) for b in trained), sum(int((b[1] >= 0).sum()) for b in trained),
+            sum(float(k3_kl(b[-1]["old_logp"], b[-1]["ref_logp"]).masked_fill(b[1] < 0, 0.0).sum()) for b in trained),
+            counters["clipped"], *per_task], device)
+        answers, tokens = max(totals[0], 1), max(totals[8], 1)
+        metrics = {
+            "reward": totals[1] / answers, "zero_var_share": totals[3] / max(totals[2], 1), "refills": totals[4],
+            "response_len": totals[5] / answers, "truncated": totals[6] / answers, "entropy": totals[7] / tokens,
+            "kl": totals[9] / tokens, "clip_frac": totals[10] / (tokens * updates_per_step),
+            **{f"reward/{name}": totals[11 + 2 * i] / max(totals[12 + 2 * i], 1) for i, name in enumerate(task_names)},
+        }
+        for name, value in metrics.items():
+            log.track(step, name, value)  # the report's curves
+        wandb_run.log(log.step(step, num_iterations, loss.item(), dt, lrm, tokens=num_tokens,
+                               **metrics))  # a NaN loss ends the run here
         step += 1
 
-    results = {"steps": num_iterations, **{f"pass@{k}": v for k, v in pass_at_k.items()},
-               "mean_reward_first_step": log.history("reward")[0][1] if log.history("reward") else None,
-               "mean_reward_last_step": log.history("reward")[-1][1] if log.history("reward") else None, "training_time_min": log.state["total_time"] / 60}
+    pool.close()
+    rewards = log.history("reward")
+    results = {"steps": num_iterations, **evals,
+               "mean_reward_first_step": rewards[0][1] if rewards else None,
+               "mean_reward_last_step": rewards[-1][1] if rewards else None,
+               "training_time_min": log.state["total_time"] / 60}
     finish_line(results, device)
-    get_report().log(section=STAGES["rl"].section, data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
+    get_report().log(section=STAGES["rl"].section, data=[{**vars(args), "device_type": device_type}, results],
+                     curves=log.state["evals"])
     wandb_run.finish()
     compute_cleanup()
     return results

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 
 import torch
 
 from nanochat.dataloader import packed_conversation_loader, sft_batch, sft_loader
+from nanochat.rl import LossConfig, policy_loss, rollout_batches
 from nanochat.training import StepBatches, train_step_token_normalized
 from scripts import chat_rl, chat_sft, mid_train
 from tasks.common import TaskMixture
@@ -108,7 +110,8 @@ def test_policy_gradient_raises_the_probability_of_rewarded_answers(tiny_tokeniz
     rows = [prompt + good, prompt + bad]
     masks = [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 0, 1]]  # the bad row's middle token was forced: never trained on
     advantages = [0.5, -0.5]
-    batches = list(chat_rl.rollout_batches(rows, masks, advantages, pad=0, device_batch_size=1, device=torch.device("cpu")))
+    batches = list(rollout_batches(rows, masks, advantages, [1.0, 1.0], pad=0, device_batch_size=1,
+                                   device=torch.device("cpu")))
     assert batches[1][1].tolist() == [[-1, -1, 10, -1, 12]]
 
     def logprob(seq):
@@ -117,8 +120,8 @@ def test_policy_gradient_raises_the_probability_of_rewarded_answers(tiny_tokeniz
 
     before_good, before_bad = logprob(rows[0]), logprob(rows[1])
     optimizers = model.setup_optimizers(unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.01)
-    train_step_token_normalized(model, optimizers, StepBatches(iter(batches), 2), NO_AUTOCAST,
-                                loss_fn=chat_rl.policy_gradient_loss)
+    loss_fn = partial(policy_loss, stats={}, cfg=LossConfig(), counters={})
+    train_step_token_normalized(model, optimizers, StepBatches(iter(batches), 2), NO_AUTOCAST, loss_fn=loss_fn)
     assert logprob(rows[0]) > before_good and logprob(rows[1]) < before_bad
 
 
@@ -157,6 +160,15 @@ def test_chat_sft_resumes_bitwise(base_checkpoint):
 def test_chat_rl_resumes_bitwise(base_checkpoint):
     args = ["--source=base", "--device_type=cpu", "--num_samples=3", "--device_batch_size=2", "--examples_per_step=2",
             "--max_new_tokens=6", "--num_iterations=4", "--save_every=2", "--eval_every=-1", "--eval_examples=2"]
+    _resume_matches(chat_rl.main, args, base_checkpoint / "chatrl_checkpoints" / "d1", 4, 2)
+
+
+def test_chat_rl_with_every_knob_resumes_bitwise(base_checkpoint):
+    args = ["--source=base", "--device_type=cpu", "--num_samples=3", "--device_batch_size=2", "--examples_per_step=2",
+            "--max_new_tokens=6", "--num_iterations=4", "--save_every=2", "--eval_every=-1", "--eval_examples=2",
+            "--eval_samples=2", "--tasks=GSM8K:1,SimpleSpelling:1", "--top_k=5", "--kl_coef=0.1", "--ppo_epochs=2",
+            "--num_minibatches=2", "--dynamic_sampling", "--max_refills=1", "--adv_norm=group", "--loss_agg=sequence",
+            "--overlong=penalty"]
     _resume_matches(chat_rl.main, args, base_checkpoint / "chatrl_checkpoints" / "d1", 4, 2)
 
 

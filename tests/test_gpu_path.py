@@ -92,7 +92,11 @@ def test_chat_sft_two_ranks_one_epoch_with_bf16_and_compile(base_checkpoint):
 def test_chat_rl_two_ranks_with_bf16_and_compile(base_checkpoint):
     out = _ok(torchrun(["-m", "scripts.chat_rl", "--", "--source=base", "--device_type=cpu", "--num_samples=3",
                         "--device_batch_size=2", "--examples_per_step=2", "--max_new_tokens=6", "--num_iterations=2",
-                        "--eval_every=-1", "--eval_examples=2", "--dtype=bfloat16", "--compile=on"]))
+                        "--eval_every=-1", "--eval_examples=2", "--dtype=bfloat16", "--compile=on",
+                        # uneven work per rank: refills where a group's rewards are all equal, and a rank may
+                        # drop every group (its minibatches are then empty); the KL's reference beside it
+                        "--dynamic_sampling", "--max_refills=1", "--num_minibatches=2", "--kl_coef=0.1",
+                        "--adv_norm=batch", "--loss_agg=sequence"]))
     step, meta = _final_step(base_checkpoint / "chatrl_checkpoints" / "d1")
     assert step == 2 and meta["optim_ranks"] == 2
     assert "saved checkpoint at step 2" in out

@@ -1,0 +1,193 @@
+"""chat_rl's pieces (nanochat.rl): the knobs-off update, KL, clipping, dynamic sampling, rewards, pass@k."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from functools import partial
+
+import pytest
+import torch
+
+from nanochat.engine import Engine
+from nanochat.execution import SandboxUnavailable, check_sandbox
+from nanochat.rl import (Group, LossConfig, ProblemSampler, RewardPool, group_advantages, pass_at_k, policy_loss,
+                         rollout_batches, rollout_statistics, sample_answers)
+from nanochat.training import StepBatches, train_step_token_normalized
+from scripts import chat_rl
+from tiny import assert_bitwise_equal, make_tiny_model, tiny_gpt
+
+NO_AUTOCAST = torch.autocast("cpu", enabled=False)
+CPU = torch.device("cpu")
+ROWS = [[1, 2, 3, 7, 8, 9, 4], [1, 2, 3, 10, 11], [1, 2, 5, 6, 12, 13, 14, 15], [1, 2, 5, 6, 30]]
+MASKS = [[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 1, 0, 1], [0, 0, 0, 0, 1]]
+ADVANTAGES = [0.7, -0.7, 0.25, -0.25]
+
+
+def _todays_update(model) -> dict:
+    """chat_rl's update before the knobs, written out: −Σ advantage · log p over sampled tokens, token-normalized."""
+    def loss_fn(model, inputs, targets, advantages):
+        nll = model(inputs, targets, loss_reduction="none").view_as(targets)
+        return (nll * advantages[:, None]).sum()
+
+    batches = []
+    for start in range(0, len(ROWS), 3):
+        chunk = range(start, min(start + 3, len(ROWS)))
+        width = max(len(ROWS[i]) for i in chunk) - 1
+        inputs = [ROWS[i][:-1] + [0] * (width - len(ROWS[i]) + 1) for i in chunk]
+        targets = [[t if m else -1 for t, m in zip(ROWS[i][1:], MASKS[i][1:])] + [-1] * (width - len(ROWS[i]) + 1)
+                   for i in chunk]
+        batches.append((torch.tensor(inputs), torch.tensor(targets), torch.tensor([ADVANTAGES[i] for i in chunk])))
+    optimizers = model.setup_optimizers(unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.01)
+    train_step_token_normalized(model, optimizers, StepBatches(iter(batches), len(batches)), NO_AUTOCAST, loss_fn=loss_fn)
+    return model.state_dict()
+
+
+def _update(model, cfg: LossConfig, ref=None, counters=None, epochs: int = 1, weights=None) -> dict:
+    micro = list(rollout_batches(ROWS, MASKS, ADVANTAGES, weights or [1.0] * len(ROWS), 0, 3, CPU))
+    micro = [(*b, rollout_statistics(model, ref, b[0], b[1], cfg)) for b in micro]
+    optimizers = model.setup_optimizers(unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.01)
+    loss_fn = partial(policy_loss, cfg=cfg, counters=counters if counters is not None else {"clipped": 0.0, "kl": 0.0})
+    for _ in range(epochs):
+        train_step_token_normalized(model, optimizers, StepBatches(iter(micro), len(micro)), NO_AUTOCAST, loss_fn=loss_fn)
+    return model.state_dict()
+
+
+def test_knobs_off_update_equals_todays_bitwise():
+    assert LossConfig().plain
+    assert_bitwise_equal(_update(make_tiny_model(), LossConfig()), _todays_update(make_tiny_model()))
+
+
+def test_knobs_off_script_defaults_switched_back_are_plain():
+    args = chat_rl.parse_args(["--top_k=50", "--tis_cap=0", "--train_stop_token=0"])
+    assert (args.kl_coef, args.ppo_epochs, args.num_minibatches, args.adv_norm, args.loss_agg, args.overlong,
+            args.dynamic_sampling) == (0.0, 1, 1, "none", "token", "none", False)
+    assert chat_rl.parse_args([]).top_k is None and chat_rl.parse_args(["--top_k=none"]).top_k is None
+
+
+def test_kl_is_zero_at_the_first_step_and_grows_as_the_policy_moves():
+    model = make_tiny_model()
+    ref = copy.deepcopy(model).requires_grad_(False)
+    cfg = LossConfig(kl_coef=0.1)
+    counters = {"clipped": 0.0, "kl": 0.0}
+    _update(model, cfg, ref, counters)
+    assert counters["kl"] == 0.0  # the first step's policy is the reference: k3 is exactly 0
+    _update(model, cfg, ref, counters)
+    assert counters["kl"] > 0.0
+
+
+def test_clip_engages_only_outside_the_range():
+    model = make_tiny_model()
+    cfg = LossConfig(clip_low=0.2, clip_high=0.28)
+    inputs, targets, _, weights = next(rollout_batches(ROWS[:1], MASKS[:1], [1.0], [1.0], 0, 1, CPU))
+    old = rollout_statistics(model, None, inputs, targets, cfg)["old_logp"]
+    for ratio, advantage, clipped in [(1.1, 1.0, False), (0.9, -1.0, False), (1.5, 1.0, True), (1.5, -1.0, False),
+                                      (0.5, -1.0, True), (0.5, 1.0, False)]:
+        counters = {"clipped": 0.0, "kl": 0.0}
+        stats = {"old_logp": old - math.log(ratio)}  # the rollout policy made these tokens ratio times less likely
+        model.zero_grad()
+        policy_loss(model, inputs, targets, torch.tensor([advantage]), weights, stats, cfg, counters).backward()
+        grad = sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None)
+        assert (counters["clipped"] > 0) == clipped, (ratio, advantage)
+        assert (grad == 0.0) == clipped, (ratio, advantage)  # a clipped token gives no gradient
+
+
+def test_ppo_epochs_and_sequence_weights_run():
+    model = make_tiny_model()
+    counters = {"clipped": 0.0, "kl": 0.0}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    after = _update(model, LossConfig(clip_low=0.2, clip_high=0.28, tis_cap=2.0, top_k=5), counters=counters, epochs=3,
+                    weights=[2.0, 0.5, 1.0, 1.0])
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_advantages():
+    assert group_advantages([[1.0, 0.0, 0.0, 1.0]], "none", CPU) == [[0.5, -0.5, -0.5, 0.5]]
+    (group,) = group_advantages([[1.0, 0.0, 0.0, 1.0]], "group", CPU)
+    assert all(abs(abs(a) - 1.0) < 1e-5 for a in group)
+    assert group_advantages([[1.0, 1.0]], "group", CPU) == [[0.0, 0.0]]
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    for n, c in [(5, 0), (5, 2), (8, 3), (8, 8)]:
+        outcomes = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(outcomes, k))
+            assert abs(pass_at_k(n, c, k) - sum(any(s) for s in subsets) / len(subsets)) < 1e-12
+
+
+def test_problem_sampler_is_a_function_of_the_key():
+    one = ProblemSampler({"a": list(range(10))}, {"a": None})
+    assert [one(k)[2] for k in range(12)] == list(range(10)) + [0, 1]
+    mix = ProblemSampler({"a": list(range(10)), "b": list(range(30))}, {"a": 3.0, "b": None})
+    draws = [mix(k)[0] for k in range(4000)]
+    assert draws == [mix(k)[0] for k in range(4000)]
+    assert 0.07 < draws.count("a") / draws.count("b") < 0.13  # weight 3 against b's size, 30
+
+
+def test_rollouts_keep_the_sampled_stop_token_and_tell_truncated_answers(tiny_tokenizer):
+    engine = Engine(tiny_gpt(tiny_tokenizer.get_vocab_size(), jitter=0.5), tiny_tokenizer)
+    prompt = tiny_tokenizer.render_for_completion({"messages": [{"role": "user", "content": "hi"},
+                                                                {"role": "assistant", "content": ""}]})
+    todays = engine.generate_batch(prompt, num_samples=6, max_tokens=5, temperature=1.0, top_k=50, seed=3)
+    rows, masks, _ = sample_answers(engine, prompt, 6, 5, 1.0, 50, 3, keep_stop=False)
+    assert (rows, masks) == todays
+    rows, masks, truncated = sample_answers(engine, prompt, 6, 5, 1.0, 50, 3, keep_stop=True)
+    for row, mask, cut, old in zip(rows, masks, truncated, todays[0]):
+        if cut:
+            assert row == old and len(row) == len(prompt) + 5
+        else:
+            assert row[:-1] == old and row[-1] in engine.stop_tokens and mask[-1] == 1
+
+
+def test_dynamic_sampling_never_trains_on_a_zero_variance_group(base_checkpoint, monkeypatch):
+    trained, sampled = [], []
+
+    def fake_group(engine, tokenizer, task_name, task, index, num_samples, args, seed, temperature, pool):
+        # every other problem's answers all score the same
+        rewards = [1.0] * num_samples if index % 2 else [float(i % 2) for i in range(num_samples)]
+        group = Group(task_name, [[1, 2, 3]] * num_samples, [[0, 1, 1]] * num_samples, [False] * num_samples, rewards)
+        sampled.append(group)
+        return group
+
+    def spy(group_rewards, *rest):
+        trained.extend(group_rewards)
+        return group_advantages(group_rewards, *rest)
+
+    monkeypatch.setattr(chat_rl, "sample_group", fake_group)
+    monkeypatch.setattr(chat_rl, "group_advantages", spy)
+    chat_rl.main(["--source=base", "--device_type=cpu", "--num_samples=4", "--device_batch_size=4",
+                  "--examples_per_step=4", "--num_iterations=3", "--eval_every=-1", "--eval_examples=0",
+                  "--dynamic_sampling", "--max_refills=1"])
+    assert any(g.zero_variance for g in sampled)
+    assert trained and all(max(r) > min(r) for r in trained)
+
+
+def _sandbox_missing() -> str | None:
+    try:
+        check_sandbox()
+    except SandboxUnavailable as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.skipif(_sandbox_missing() is not None, reason="no sandbox on this machine")
+def test_hostile_code_answers_cost_at_most_their_timeout(offline):
+    from tasks.humaneval import HumanEval
+
+    task = HumanEval(timeout=2.0)
+    conversation = task[0]
+    entry = conversation["entry_point"]
+    hostile = [f"def {entry}(*a, **k):\n    while True: pass\n",
+               f"import os\ndef {entry}(*a, **k):\n    while True: os.fork()\n{entry}()\n",
+               f"def {entry}(*a, **k):\n    while True: print('x' * 100000)\n{entry}()\n"]
+    right = "```python\n" + conversation["messages"][1]["content"] + "\n```"
+    pool = RewardPool(workers=4)
+    t0 = time.monotonic()
+    rewards = pool.score(task, conversation, hostile + [right])
+    elapsed = time.monotonic() - t0
+    pool.close()
+    assert rewards == [0.0, 0.0, 0.0, 1.0]
+    assert elapsed < 2.0 + 3.0  # all four at once: one timeout, plus sandbox start-up and clean-up
