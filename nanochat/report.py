@@ -245,13 +245,15 @@ def _header_markdown(h: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- plots
 
 def _curve_group(name: str) -> str:
-    """Metrics that share units share an axis: losses, accuracies, pass@k."""
+    """Metrics that share units share an axis: losses, accuracies, pass@k, rewards."""
     if name.endswith("loss"):
         return "loss"
     if name.endswith("_acc"):
         return "accuracy"
-    if name.startswith("pass@"):
+    if "pass@" in name:  # also chat_rl's per task: GSM8K/pass@8, GSM8K/greedy_pass@1
         return "pass@k"
+    if name.split("/")[0] == "reward":  # chat_rl's mean reward and each task's
+        return "reward"
     return name
 
 
@@ -267,7 +269,7 @@ def curve_chance(name: str) -> float | None:
     """What guessing scores on a curve's metric: X_acc is task X's accuracy, pass@k is GSM8K's, CORE is centered."""
     if name.endswith("_acc"):
         return CHANCE.get(name[: -len("_acc")])
-    if name.startswith("pass@") or name == "core_metric":
+    if "pass@" in name or name == "core_metric":
         return 0.0
     return None
 
