@@ -44,6 +44,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "chat format, tool use and multiple choice (SmolTalk, MMLU auxiliary-train, GSM8K, identity, spelling)"),
     Stage("sft", "chatsft_checkpoints", "mid", "scripts.chat_sft", "Chat SFT",
           "supervised fine-tuning, one conversation at a time, loss on assistant tokens (ARC, GSM8K, SmolTalk, identity, spelling)"),
+    Stage("dpo", "chatdpo_checkpoints", "sft", "scripts.chat_dpo", "Chat DPO",
+          "direct preference optimization: preferred over rejected replies against the frozen SFT model"),
     Stage("rl", "chatrl_checkpoints", "sft", "scripts.chat_rl", "Chat RL",
           "reinforcement learning on GSM8K: sampled answers, rewarded by correctness, group-relative policy gradient"),
 ]}

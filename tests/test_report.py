@@ -111,16 +111,16 @@ def test_generate_orders_sections_fills_table_and_draws_plots(base_dir, tmp_path
 
     table = parse_table(text)
     assert list(table) == ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
-    # MID never ran, but a later stage did: its column is there, all "-"
-    assert all(list(row) == ["Chance", "BASE", "MID", "SFT", "RL"] for row in table.values())
-    assert table["CORE"] == {"Chance": "0.0000", "BASE": "0.2188", "MID": "-", "SFT": "-", "RL": "-"}
+    # MID and DPO never ran, but a later stage did: their columns are there, all "-"
+    assert all(list(row) == ["Chance", "BASE", "MID", "SFT", "DPO", "RL"] for row in table.values())
+    assert table["CORE"] == {"Chance": "0.0000", "BASE": "0.2188", "MID": "-", "SFT": "-", "DPO": "-", "RL": "-"}
     # chance beside every task: a quarter for four-way multiple choice, nothing for generated answers
     assert {m: row["Chance"] for m, row in table.items()} == {
         "CORE": "0.0000", "ARC-Easy": "0.2500", "ARC-Challenge": "0.2500", "MMLU": "0.2500", "GSM8K": "0.0000",
         "HumanEval": "0.0000", "SpellingBee": "0.0000", "ChatCORE": "0.0000"}
     for metric, value in SFT_ACC.items():
         assert table[metric]["SFT"] == f"{value:.4f}"
-        assert table[metric]["BASE"] == table[metric]["MID"] == "-"
+        assert table[metric]["BASE"] == table[metric]["MID"] == table[metric]["DPO"] == "-"
         assert table[metric]["RL"] == (f"{RL_ACC[metric]:.4f}" if metric in RL_ACC else "-")
 
     assert re.search(r"Total wall time: \d\d:\d\d:\d\d", text)
@@ -163,7 +163,7 @@ def test_table_drops_stages_after_the_last_one_that_ran(base_dir, tmp_path):
 def stage_lines(markdown: str) -> dict[str, str]:
     """The summary's line per stage, as {stage: text}."""
     summary = markdown.split("## Summary", 1)[1]
-    return dict(re.findall(r"^- (BASE|MID|SFT|RL): (.*)$", summary, flags=re.MULTILINE))
+    return dict(re.findall(r"^- (BASE|MID|SFT|DPO|RL): (.*)$", summary, flags=re.MULTILINE))
 
 
 def test_a_line_per_stage_says_what_it_changed(base_dir, tmp_path):
@@ -181,7 +181,7 @@ def test_a_line_per_stage_says_what_it_changed(base_dir, tmp_path):
     report.log("Chat evaluation sft", [{"source": "sft"}, sft])
     report.log("Chat evaluation rl", [{"source": "rl"}, {"GSM8K": 0.52, "ChatCORE": 0.52}])
     lines = stage_lines(Path(report.generate(copy_to=str(tmp_path))).read_text())
-    assert list(lines) == ["BASE", "MID", "SFT", "RL"]
+    assert list(lines) == ["BASE", "MID", "SFT", "DPO", "RL"] and lines["DPO"] == "not evaluated."
     assert lines["BASE"] == ("pretraining gives CORE 0.3644 (0 is chance); 2 of 3 CORE tasks above chance "
                              "(synthetic_capitals 0.98, synthetic_relations 0.36).")
     assert lines["MID"].startswith("the first chat model scores ARC-Easy 0.60 (chance 0.25), ARC-Challenge 0.30 "

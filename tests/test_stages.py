@@ -9,8 +9,9 @@ from nanochat.stages import STAGES, get_stage, lineage, starting_points
 
 
 def test_each_stage_starts_from_the_one_before():
-    assert list(STAGES) == ["base", "mid", "sft", "rl"]
+    assert list(STAGES) == ["base", "mid", "sft", "dpo", "rl"]
     assert lineage("rl") == ["base", "mid", "sft", "rl"] and lineage("base") == ["base"]
+    assert lineage("dpo") == ["base", "mid", "sft", "dpo"]
     assert starting_points() == ["base", "mid", "sft"]  # import_hf's --to: the stages something trains from
     with pytest.raises(ValueError, match="base.*mid.*rl.*sft"):
         get_stage("chat")
@@ -20,7 +21,9 @@ def test_the_report_orders_and_groups_sections_by_stage():
     assert report.SECTION_ORDER == [
         "header", "tokenizer-training", "tokenizer-evaluation",
         "base-model-training", "base-model-loss", "base-model-evaluation", "chat-evaluation-base",
-        "midtraining", "chat-evaluation-mid", "chat-sft", "chat-evaluation-sft", "chat-rl", "chat-evaluation-rl",
+        "midtraining", "chat-evaluation-mid", "chat-sft", "chat-evaluation-sft", "chat-dpo",
+        "chat-evaluation-dpo", "chat-rl", "chat-evaluation-rl",
     ]
-    assert report.TRAINING_SECTIONS == {"tokenizer-training", "base-model-training", "midtraining", "chat-sft", "chat-rl"}
+    assert report.TRAINING_SECTIONS == {"tokenizer-training", "base-model-training", "midtraining", "chat-sft", "chat-dpo",
+                                       "chat-rl"}
     assert report.STAGE_SECTIONS["sft"] == ["chat-sft", "chat-evaluation-sft"]

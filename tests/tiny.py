@@ -1,7 +1,11 @@
 """A tiny GPT, a fixed stream of batches and a bitwise comparison, shared by tests and the torchrun workers they launch;
-small seeded GPTs saved as a stage's checkpoint, and the tiny chat checkpoint of the chat_cli and chat_web tests."""
+small seeded GPTs saved as a stage's checkpoint, the tiny chat checkpoint of the chat_cli and chat_web tests, and the
+bitwise-resume check of the training scripts."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import torch
 
@@ -76,3 +80,22 @@ def write_chat_checkpoint(tokenizer, model_tag: str = "d1", sequence_len: int = 
         model.lm_head.weight[[tokenizer.encode_special(s) for s in SPECIAL_TOKENS]] = 0.0
     save_stage_checkpoint(model, "sft", 0, model_tag, tokenizer)
     return model.config
+
+
+def resume_matches(run, args: list[str], stage_dir, final_step: int, half_step: int) -> None:
+    """
+    A training script's run to final_step, then the same run resumed from its half_step checkpoint
+    (the final files deleted): the model and optimizer files must come out bit for bit the same.
+    """
+    run(args)
+    files = [f"model_{final_step:06d}.pt", f"optim_{final_step:06d}_rank0.pt"]
+    uninterrupted = {f: torch.load(stage_dir / f) for f in files}
+    meta = json.loads((stage_dir / f"meta_{final_step:06d}.json").read_text())
+    for f in files + [f"meta_{final_step:06d}.json"]:
+        os.remove(stage_dir / f)
+    assert (stage_dir / f"model_{half_step:06d}.pt").exists()
+    run(args + ["--resume"])
+    for f in files:
+        assert_bitwise_equal(torch.load(stage_dir / f), uninterrupted[f], f)
+    resumed = json.loads((stage_dir / f"meta_{final_step:06d}.json").read_text())
+    assert resumed["data_states"] == meta["data_states"]
