@@ -124,7 +124,7 @@ else
     stage base_loss python -m scripts.base_loss --device_batch_size=16 --split_tokens=32768
     stage base_eval python -m scripts.base_eval --max_per_task=100
     stage mid_train python -m scripts.mid_train --device_batch_size=16 --total_batch_size=4096 --num_iterations=100 \
-        --eval_every=50 --eval_tokens=16384 --spelling_size=1000 --save_every=50 $(resume_flag "$CK/mid_checkpoints/d4")
+        --eval_every=50 --eval_tokens=16384 --spelling_size=250 --save_every=50 $(resume_flag "$CK/mid_checkpoints/d4")
     # 200 held-out problems a task (HumanEval's twin has 40), greedy
     EVAL="--max_problems=200 --max_new_tokens=160 --batch_size=16"
     stage chat_eval_mid python -m scripts.chat_eval -i mid $EVAL
