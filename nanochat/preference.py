@@ -4,6 +4,10 @@ share: a pair as two token rows whose targets are only the final reply, the log-
 of that reply under a model, the frozen reference's log-probabilities computed once per pair,
 and the DPO-family losses.
 
+The reward model is the chat model's trunk with a one-row head, saved under REWARD_FOLDER
+(not a stage to chat with, so not in the stage registry); load_reward_model and
+score_conversation score any conversation's final reply.
+
 A batch of B pairs is 2B rows: the B chosen conversations, then the B rejected ones, each
 right-padded; targets are -1 everywhere but the final assistant reply (its text and
 <|assistant_end|>), so earlier assistant turns of a multi-turn prompt are context, not data.
@@ -12,6 +16,7 @@ right-padded; targets are -1 everywhere but the final assistant reply (its text 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nanochat.common import get_dist_info
+from nanochat.checkpoint_manager import COMPILED_PREFIX, find_largest_model, find_last_step, load_checkpoint
+from nanochat.common import get_base_dir, get_dist_info
 from nanochat.dataloader import _check_resume_state, _my_conversations
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import get_tokenizer
 
 LOSSES = ("sigmoid", "ipo", "simpo")
 
@@ -88,12 +96,14 @@ def my_pairs(dataset: Any) -> list[int]:
     return list(range(rank, len(dataset), world_size))
 
 
-def preference_loader(dataset: Any, tokenizer: Any, B: int, max_len: int, reference: dict[int, tuple[float, float]],
-                      device: str | torch.device = "cpu", loop: bool = False, resume_state: dict | None = None
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]]:
+def preference_loader(dataset: Any, tokenizer: Any, B: int, max_len: int,
+                      reference: dict[int, tuple[float, float]] | None, device: str | torch.device = "cpu",
+                      loop: bool = False, resume_state: dict | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]]:
     """
     Batches of B pairs from this rank's share: (inputs, targets, the reference's (2B,)
-    log-probabilities, state); the state is the next pair to take, as sft_loader's.
+    log-probabilities or None without a reference, state); the state is the next pair to
+    take, as sft_loader's.
     """
     _, rank, _, world_size = get_dist_info()
     start = rank
@@ -106,7 +116,8 @@ def preference_loader(dataset: Any, tokenizer: Any, B: int, max_len: int, refere
         if len(batch) < B:
             return
         inputs, targets = pair_batch([dataset[i] for i in batch], tokenizer, max_len, device)
-        ref = torch.tensor([reference[i][0] for i in batch] + [reference[i][1] for i in batch], device=device)
+        ref = None if reference is None else torch.tensor(
+            [reference[i][0] for i in batch] + [reference[i][1] for i in batch], device=device)
         next_index = batch[-1] + world_size
         yield inputs, targets, ref, {"index": next_index, "progress": min(next_index / len(dataset), 1.0),
                                      "rank": rank, "world_size": world_size}
@@ -166,3 +177,72 @@ def token_kl(policy_logits: torch.Tensor, reference_logits: torch.Tensor, target
     logp, logq = F.log_softmax(policy_logits.float(), -1), F.log_softmax(reference_logits.float(), -1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
     return (kl * (targets >= 0)).sum()
+
+
+# ---- the reward model ----
+
+
+REWARD_FOLDER = "chatrm_checkpoints"  # $NANOCHAT_BASE_DIR/<folder>/<model_tag>/: a scorer, not a chat model to talk to
+
+
+def reward_dir(model_tag: str) -> str:
+    """Where chat_rm saves the reward model of one model tag."""
+    return os.path.join(get_base_dir(), REWARD_FOLDER, model_tag)
+
+
+def as_reward_model(model: GPT) -> GPT:
+    """
+    The chat model's trunk with a scalar head: the output head becomes one row, so forward(idx)
+    gives (B, T, 1) scores, soft-capped to ±15 like the logits were, and the head trains with
+    the head's learning rate. Small random, not zero, at first: a zero head would give the
+    trunk no gradient until the head had grown.
+    """
+    model.lm_head = torch.nn.Linear(model.config.n_embd, 1, bias=False, device=model.lm_head.weight.device)
+    torch.nn.init.normal_(model.lm_head.weight, std=model.config.n_embd ** -0.5 / 10)
+    return model
+
+
+def reply_rewards(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """
+    Per row of pair_batch: the score read where the reply's last token is fed (its last
+    target predicts <|assistant_end|>, so the trunk has seen the whole reply there); a row
+    whose reply was truncated away is read at its first token.
+    """
+    positions = torch.arange(targets.shape[1], device=targets.device)
+    last = torch.where(targets >= 0, positions, 0).max(dim=1).values
+    scores = model(inputs)[..., 0]
+    return scores.gather(1, last[:, None])[:, 0].float()
+
+
+def bradley_terry_loss(rewards: torch.Tensor, center_coef: float = 0.0) -> PreferenceLoss:
+    """
+    -log σ(r_c − r_r) per pair, from (2B,) rewards, chosen first, plus center_coef·(r_c + r_r)²:
+    Bradley–Terry fixes only differences, so the centering term keeps the scores near zero
+    (comparable across runs, and safe to add to task rewards).
+    """
+    B = rewards.shape[0] // 2
+    chosen, rejected = rewards[:B], rewards[B:]
+    return PreferenceLoss(-F.logsigmoid(chosen - rejected) + center_coef * (chosen + rejected) ** 2, chosen, rejected)
+
+
+def load_reward_model(device: torch.device | str, model_tag: str | None = None, step: int | None = None
+                      ) -> tuple[GPT, Any, dict[str, Any]]:
+    """A reward model chat_rm saved (default: the largest tag, its last step), in eval mode, and its tokenizer."""
+    checkpoints_dir = os.path.join(get_base_dir(), REWARD_FOLDER)
+    model_tag = model_tag or find_largest_model(checkpoints_dir)
+    checkpoint_dir = os.path.join(checkpoints_dir, model_tag)
+    step = find_last_step(checkpoint_dir) if step is None else step
+    model_data, _, meta = load_checkpoint(checkpoint_dir, step, device)
+    model = GPT(GPTConfig(**meta["model_config"])).to(device)
+    model.init_weights()  # the rotary buffers, which are not in the state dict
+    as_reward_model(model)
+    model.load_state_dict({k.removeprefix(COMPILED_PREFIX): v for k, v in model_data.items()}, strict=True)
+    return model.eval(), get_tokenizer(), {**meta, "model_tag": model_tag, "step": step}
+
+
+@torch.no_grad()
+def score_conversation(model: GPT, tokenizer: Any, conversation: dict, max_len: int | None = None) -> float:
+    """The reward model's score of a conversation's final assistant reply."""
+    inputs, targets = final_reply_row(conversation, tokenizer, max_len or model.config.sequence_len)
+    device = model.lm_head.weight.device
+    return reply_rewards(model, torch.tensor([inputs], device=device), torch.tensor([targets], device=device)).item()

@@ -36,10 +36,8 @@ from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.stages import STAGES
 from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line
-from scripts.flags import ArgumentParser, add_stage_args, positive_int
-from tasks.preferences import HHRLHF, PreferencePairs, UltraFeedback
-
-DATASETS = {"ultrafeedback": UltraFeedback, "hh-rlhf": HHRLHF}
+from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
+from tasks.preferences import PreferencePairs, preference_datasets
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,28 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid: DPO; ipo: IPO; simpo: SimPO (no reference)")
     p.add_argument("--beta", type=float, default=0.1, help="strength of the reference (sigmoid, ipo) or reward scale (simpo)")
     p.add_argument("--gamma", type=float, default=0.5, help="simpo's target reward margin")
-    p.add_argument("--dataset", default="ultrafeedback", choices=sorted(DATASETS),
-                   help="the pairs' hub format (offline: the preference twin either way)")
-    p.add_argument("--data_files", action="append", default=None, metavar="PATH",
-                   help="train pairs from local JSONL/parquet files with the hub's columns (default: the hub's train split)")
-    p.add_argument("--val_data_files", action="append", default=None, metavar="PATH",
-                   help="held-out pairs from local files (default: the hub's test split)")
-    p.add_argument("--max_pairs", type=int, default=0, help="train on only the first N pairs (0: all)")
-    p.add_argument("--device_batch_size", type=positive_int, default=4, help="pairs per forward pass (2 rows each)")
-    p.add_argument("--target_pairs_per_step", type=positive_int, default=32, help="pairs per step, all ranks")
-    p.add_argument("--num_epochs", type=int, default=1, help="passes over the pairs (when --num_iterations is -1)")
-    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from --num_epochs)")
-    p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
-    p.add_argument("--eval_every", type=int, default=50, help="held-out preference metrics every N steps (-1: only at the end)")
-    p.add_argument("--eval_pairs", type=positive_int, default=256, help="held-out pairs per evaluation")
-    p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
+    add_preference_args(p, eval_what="held-out preference metrics")
     return p.parse_args(argv)
-
-
-def build_datasets(dataset: str, data_files: list[str] | None, val_data_files: list[str] | None, max_pairs: int,
-                   eval_pairs: int) -> tuple[PreferencePairs, PreferencePairs]:
-    task = DATASETS[dataset]
-    return task("train", data_files=data_files, stop=max_pairs or None), task("test", data_files=val_data_files, stop=eval_pairs)
 
 
 def dpo_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: StepBatches,
@@ -154,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"device_batch_size × world_size = {pairs_per_micro_step}")
     grad_accum_steps = args.target_pairs_per_step // pairs_per_micro_step
 
-    train_set, val_set = build_datasets(args.dataset, args.data_files, args.val_data_files, args.max_pairs, args.eval_pairs)
+    train_set, val_set = preference_datasets(args.dataset, args.data_files, args.val_data_files, args.max_pairs, args.eval_pairs)
     if len(train_set) < pairs_per_micro_step or len(val_set) == 0:
         sys.exit(f"error: too few well-formed pairs to train on ({train_set.summary()}; {val_set.summary()})")
     num_iterations = args.num_iterations

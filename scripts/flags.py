@@ -127,3 +127,22 @@ def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
     if args.max_tokens < 1:
         p.error(f"--max_tokens must be >= 1, got {args.max_tokens}")
+
+
+def add_preference_args(p: argparse.ArgumentParser, eval_what: str) -> None:
+    """chat_dpo's and chat_rm's data, batch and cadence flags: which pairs, how many per step, how often to evaluate."""
+    p.add_argument("--dataset", default="ultrafeedback", choices=["ultrafeedback", "hh-rlhf"],
+                   help="the pairs' hub format (offline: the preference twin either way)")
+    p.add_argument("--data_files", action="append", default=None, metavar="PATH",
+                   help="train pairs from local JSONL/parquet files with the hub's columns (default: the hub's train split)")
+    p.add_argument("--val_data_files", action="append", default=None, metavar="PATH",
+                   help="held-out pairs from local files (default: the hub's test split)")
+    p.add_argument("--max_pairs", type=int, default=0, help="train on only the first N pairs (0: all)")
+    p.add_argument("--device_batch_size", type=positive_int, default=4, help="pairs per forward pass (2 rows each)")
+    p.add_argument("--target_pairs_per_step", type=positive_int, default=32, help="pairs per step, all ranks")
+    p.add_argument("--num_epochs", type=int, default=1, help="passes over the pairs (when --num_iterations is -1)")
+    p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from --num_epochs)")
+    p.add_argument("--max_seq_len", type=int, default=0, help="truncate conversations (0: the model's length)")
+    p.add_argument("--eval_every", type=int, default=50, help=f"{eval_what} every N steps (-1: only at the end)")
+    p.add_argument("--eval_pairs", type=positive_int, default=256, help="held-out pairs per evaluation")
+    p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")

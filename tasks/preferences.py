@@ -263,3 +263,13 @@ class PreferenceTwin(PreferencePairs):
     def __init__(self, split: str = "train", size: int | None = None, kinds: Sequence[str] = PERTURBATIONS,
                  seed: int = 0, **kwargs: Any) -> None:
         super().__init__(f"preference twin {split}", preference_twin(split, size, kinds, seed), ultrafeedback_pair, **kwargs)
+
+
+PREFERENCE_DATASETS = {"ultrafeedback": UltraFeedback, "hh-rlhf": HHRLHF}
+
+
+def preference_datasets(dataset: str, data_files: Any = None, val_data_files: Any = None, max_pairs: int = 0,
+                        eval_pairs: int | None = None) -> tuple[PreferencePairs, PreferencePairs]:
+    """The train pairs (the first max_pairs; 0: all) and eval_pairs held-out ones of a hub format, or of local files."""
+    task = PREFERENCE_DATASETS[dataset]
+    return task("train", data_files=data_files, stop=max_pairs or None), task("test", data_files=val_data_files, stop=eval_pairs)
