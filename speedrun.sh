@@ -109,8 +109,9 @@ if [ "$NANOCHAT_PROFILE" = "gpu" ]; then
     stage chat_eval_mid run scripts.chat_eval -- -i mid
     stage chat_sft run scripts.chat_sft -- --run="$WANDB_RUN" --save_every=200 $(resume_flag "$CK/chatsft_checkpoints/d20")
     stage chat_eval_sft run scripts.chat_eval -- -i sft
-    stage chat_rl run scripts.chat_rl -- --run="$WANDB_RUN" $(resume_flag "$CK/chatrl_checkpoints/d20")
-    stage chat_eval_rl run scripts.chat_eval -- -i rl -a GSM8K
+    stage chat_rl run scripts.chat_rl -- --run="$WANDB_RUN" --tasks=GSM8K:3,SpellingBee:1 \
+        $(resume_flag "$CK/chatrl_checkpoints/d20")
+    stage chat_eval_rl run scripts.chat_eval -- -i rl -a "GSM8K|SpellingBee"
 else
     CK="$NANOCHAT_BASE_DIR"
     # the offline twin: 7 train shards + 1 val, ~4M chars of templated text
