@@ -15,6 +15,7 @@ right-padded; targets are -1 everywhere but the final assistant reply (its text 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
@@ -27,8 +28,10 @@ import torch.nn.functional as F
 from nanochat.checkpoint_manager import COMPILED_PREFIX, find_largest_model, find_last_step, load_checkpoint
 from nanochat.common import get_base_dir, get_dist_info
 from nanochat.dataloader import _check_resume_state, _my_conversations
+from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import get_tokenizer
+from tasks.preferences import PreferencePairs, preference_datasets
 
 LOSSES = ("sigmoid", "ipo", "simpo")
 
@@ -66,6 +69,48 @@ def sequence_logprobs(model: torch.nn.Module, inputs: torch.Tensor, targets: tor
     """Per row: the summed log-probability of its target tokens (fp32), and how many there are."""
     nll = model(inputs, targets, loss_reduction="none").view(targets.shape).float()  # 0 where targets are -1
     return -nll.sum(dim=1), (targets >= 0).sum(dim=1)
+
+
+# ---- a preference run's data and steps ----
+
+
+class PreferenceRunError(NanochatError):
+    """A preference run's flags and data do not make a run: a step that does not divide, too few pairs."""
+
+    every_rank = True  # from flags and data every rank shares
+
+
+@dataclass
+class PairSchedule:
+    """What chat_dpo's and chat_rm's flags (flags.add_preference_args) make of the data: the pairs and the steps."""
+
+    train_set: PreferencePairs
+    val_set: PreferencePairs
+    grad_accum_steps: int
+    num_iterations: int
+
+    def plan(self, args: argparse.Namespace, world_size: int) -> dict[str, str]:
+        """The plan's lines about the data, the steps and the batch."""
+        return {"data": f"{self.train_set.summary()}; held out: {self.val_set.summary()}",
+                "steps": f"{self.num_iterations:,} of {args.target_pairs_per_step} pairs",
+                "batch": f"{self.grad_accum_steps} micro-batches of {args.device_batch_size} pairs on each of "
+                         f"{world_size} ranks"}
+
+
+def pair_schedule(args: argparse.Namespace, world_size: int) -> PairSchedule:
+    """The pairs the flags name and the number of steps: --num_iterations, or --num_epochs over the train pairs."""
+    pairs_per_micro_step = args.device_batch_size * world_size
+    if args.target_pairs_per_step % pairs_per_micro_step:
+        raise PreferenceRunError(f"--target_pairs_per_step={args.target_pairs_per_step} is not a multiple of "
+                                 f"device_batch_size × world_size = {pairs_per_micro_step}")
+    train_set, val_set = preference_datasets(args.dataset, args.data_files, args.val_data_files, args.max_pairs,
+                                             args.eval_pairs)
+    if len(train_set) < pairs_per_micro_step or len(val_set) == 0:
+        raise PreferenceRunError(f"too few well-formed pairs to train on ({train_set.summary()}; {val_set.summary()})")
+    num_iterations = args.num_iterations
+    if num_iterations <= 0:
+        num_iterations = len(train_set) // args.target_pairs_per_step * args.num_epochs
+    return PairSchedule(train_set, val_set, args.target_pairs_per_step // pairs_per_micro_step, num_iterations)
 
 
 # ---- the frozen reference ----

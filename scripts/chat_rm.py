@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch.distributed as dist
 
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, script_main
-from nanochat.preference import (as_reward_model, bradley_terry_loss, my_pairs, pair_batch, preference_loader,
+from nanochat.preference import (as_reward_model, bradley_terry_loss, my_pairs, pair_batch, pair_schedule, preference_loader,
                                  reply_rewards, reward_dir)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
@@ -34,7 +33,7 @@ from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
-from tasks.preferences import PreferencePairs, preference_datasets
+from tasks.preferences import PreferencePairs
 
 REPORT_SECTION = "Reward model"
 
@@ -107,25 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint_dir = reward_dir(model_tag)
     max_len = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size
-    pairs_per_micro_step = B * world_size
-    if args.target_pairs_per_step % pairs_per_micro_step:
-        sys.exit(f"error: --target_pairs_per_step={args.target_pairs_per_step} is not a multiple of "
-                 f"device_batch_size × world_size = {pairs_per_micro_step}")
-    grad_accum_steps = args.target_pairs_per_step // pairs_per_micro_step
-
-    train_set, val_set = preference_datasets(args.dataset, args.data_files, args.val_data_files, args.max_pairs, args.eval_pairs)
-    if len(train_set) < pairs_per_micro_step or len(val_set) == 0:
-        sys.exit(f"error: too few well-formed pairs to train on ({train_set.summary()}; {val_set.summary()})")
-    num_iterations = args.num_iterations
-    if num_iterations <= 0:
-        num_iterations = len(train_set) // args.target_pairs_per_step * args.num_epochs
+    schedule = pair_schedule(args, world_size)
+    train_set, val_set, num_iterations = schedule.train_set, schedule.val_set, schedule.num_iterations
     use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rows are padded per batch
     plan_run(model.config, 2 * B, max_len, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag} from {args.source} with a scalar head: {model.num_params():,} parameters",
-        "data": f"{train_set.summary()}; held out: {val_set.summary()}",
+        **schedule.plan(args, world_size),
         "loss": f"Bradley–Terry + {args.center_coef} × (r_chosen + r_rejected)²",
-        "steps": f"{num_iterations:,} of {args.target_pairs_per_step} pairs",
-        "batch": f"{grad_accum_steps} micro-batches of {B} pairs on each of {world_size} ranks",
         "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     train_model = compile_model(model, use_compile, fixed_shapes=False)
@@ -137,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log)
     data_state = loop.start.data_state
     batches = StepBatches(preference_loader(train_set, tokenizer, B, max_len, None, device, loop=True,
-                                            resume_state=data_state), grad_accum_steps)
+                                            resume_state=data_state), schedule.grad_accum_steps)
 
     step, metrics = loop.start.step, {}
     while True:

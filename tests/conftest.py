@@ -92,6 +92,14 @@ def base_checkpoint(offline, tiny_tokenizer):
 
 
 @pytest.fixture
+def sft_checkpoint(offline, tiny_tokenizer):
+    """A tiny random 'SFT model' (depth 1, 128-token context) as chat_sft would have saved it: where chat_dpo and chat_rm start."""
+    save_stage_checkpoint(tiny_gpt(tiny_tokenizer.get_vocab_size(), 128, n_head=2, n_kv_head=1, jitter=0.02), "sft", 5,
+                          tokenizer=tiny_tokenizer)
+    return offline
+
+
+@pytest.fixture
 def synthetic_setup(base_dir, monkeypatch):
     monkeypatch.setenv("NANOCHAT_DATASET", "synthetic")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -12,10 +12,10 @@ from nanochat.checkpoint_manager import load_model
 from nanochat.preference import pair_batch, preference_loss, reference_logprobs, sequence_logprobs
 from scripts import chat_dpo, chat_eval
 from tasks.preferences import PreferenceTwin
-from tiny import resume_matches, save_stage_checkpoint, tiny_gpt
+from tiny import resume_matches, tiny_gpt
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
-SEQ = 128
+SEQ = 128  # the sft_checkpoint fixture's context
 
 # (2B,) reply log-probabilities, chosen first: one pair
 POLICY, REFERENCE, LENGTHS = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0]), torch.tensor([2, 4])
@@ -76,14 +76,6 @@ def test_sequence_logprobs_and_the_reference_are_the_model_on_the_reply(tiny_tok
     assert ref[1] == pytest.approx((logp[1].item(), logp[3].item()), abs=1e-5)
 
 
-@pytest.fixture
-def sft_checkpoint(offline, tiny_tokenizer):
-    """A tiny 'SFT model' (depth 1, 128 tokens) as chat_sft would have saved it."""
-    save_stage_checkpoint(tiny_gpt(tiny_tokenizer.get_vocab_size(), SEQ, n_head=2, n_kv_head=1, jitter=0.02), "sft", 5,
-                          tokenizer=tiny_tokenizer)
-    return offline
-
-
 DPO_ARGS = ["--device_type=cpu", "--device_batch_size=4", "--target_pairs_per_step=8", "--max_pairs=400",
             "--eval_pairs=40", "--init_lr_frac=0.5"]
 
@@ -114,3 +106,13 @@ def test_chat_dpo_resumes_bitwise(sft_checkpoint):
     resume_matches(chat_dpo.main, args, sft_checkpoint / "chatdpo_checkpoints" / "d1", 4, 2)
     meta = json.loads((sft_checkpoint / "chatdpo_checkpoints" / "d1" / "meta_000004.json").read_text())
     assert meta["data_states"][0]["index"] == 32 - 24  # 4 steps of 8 pairs: the loader went round the 24 once
+
+
+def test_malformed_pairs_are_skipped_and_counted_and_too_few_is_one_clear_line(sft_checkpoint, tmp_path):
+    good = {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]}
+    same = {**good, "rejected": good["chosen"]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in [good, same, {"chosen": good["chosen"]}] * 2))
+    with pytest.raises(SystemExit, match=r"too few well-formed pairs .*2 pairs \(4 malformed skipped: .*chosen == rejected 2"):
+        chat_dpo.main(DPO_ARGS + [f"--data_files={path}", "--num_iterations=2"])

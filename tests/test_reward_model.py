@@ -11,9 +11,7 @@ from nanochat.preference import (as_reward_model, bradley_terry_loss, load_rewar
                                  score_conversation, with_reply)
 from scripts import chat_rm
 from tasks.preferences import PreferenceTwin
-from tiny import resume_matches, save_stage_checkpoint, tiny_gpt
-
-SEQ = 128
+from tiny import resume_matches, tiny_gpt
 
 
 def test_bradley_terry_loss_by_hand():
@@ -42,13 +40,6 @@ def test_the_score_is_read_at_the_replys_last_token(tiny_tokenizer):
     # one conversation alone scores the same as in its padded batch
     alone = score_conversation(model, tiny_tokenizer, with_reply(pairs[0], pairs[0]["chosen"]))
     assert alone == pytest.approx(rewards[0].item(), abs=1e-5)
-
-
-@pytest.fixture
-def sft_checkpoint(offline, tiny_tokenizer):
-    save_stage_checkpoint(tiny_gpt(tiny_tokenizer.get_vocab_size(), SEQ, n_head=2, n_kv_head=1, jitter=0.02), "sft", 5,
-                          tokenizer=tiny_tokenizer)
-    return offline
 
 
 RM_ARGS = ["--device_type=cpu", "--device_batch_size=4", "--target_pairs_per_step=8", "--max_pairs=400",
