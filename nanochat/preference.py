@@ -129,9 +129,9 @@ def reference_logprobs(reference: torch.nn.Module, dataset: Any, indices: Sequen
         for k in range(0, len(indices), B):
             chunk = list(indices[k : k + B])
             inputs, targets = pair_batch([dataset[i] for i in chunk], tokenizer, max_len, device)
-            logp, _ = sequence_logprobs(reference, inputs, targets)
+            logp = sequence_logprobs(reference, inputs, targets)[0].tolist()  # one device sync per chunk
             for j, i in enumerate(chunk):
-                out[i] = (logp[j].item(), logp[len(chunk) + j].item())
+                out[i] = (logp[j], logp[len(chunk) + j])
     return out
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +120,17 @@ def test_malformed_pairs_are_skipped_and_counted_and_too_few_is_one_clear_line(s
     path.write_text("".join(json.dumps(row) + "\n" for row in [good, same, {"chosen": good["chosen"]}] * 2))
     with pytest.raises(SystemExit, match=r"too few well-formed pairs .*2 pairs \(4 malformed skipped: .*chosen == rejected 2"):
         chat_dpo.main(DPO_ARGS + [f"--data_files={path}", "--num_iterations=2"])
+
+
+@pytest.mark.slow
+def test_two_ranks_with_uneven_shares_of_pairs(sft_checkpoint):
+    # 11 train pairs (6 and 5 a rank, each rank going round its own) and 5 held out (3 and 2)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scripts.chat_dpo",
+           "--", "--device_type=cpu", "--device_batch_size=2", "--target_pairs_per_step=4", "--max_pairs=11",
+           "--eval_pairs=5", "--num_iterations=4", "--eval_every=2"]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = json.loads((sft_checkpoint / "chatdpo_checkpoints" / "d1" / "meta_000004.json").read_text())
+    assert [state["rank"] for state in meta["data_states"]] == [0, 1]
+    assert 0 <= meta["val_accuracy"] <= 1 and math.isfinite(meta["val_loss"])
