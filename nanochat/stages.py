@@ -47,7 +47,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
     Stage("dpo", "chatdpo_checkpoints", "sft", "scripts.chat_dpo", "Chat DPO",
           "direct preference optimization: preferred over rejected replies against the frozen SFT model"),
     Stage("rl", "chatrl_checkpoints", "sft", "scripts.chat_rl", "Chat RL",
-          "reinforcement learning on GSM8K: sampled answers, rewarded by correctness, group-relative policy gradient"),
+          "reinforcement learning on verifiable tasks (GSM8K by default; --tasks for a mixture): sampled answers, "
+          "rewarded by correctness, group-relative policy gradient"),
 ]}
 
 
