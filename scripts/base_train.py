@@ -21,7 +21,7 @@ from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
 from nanochat.loss_eval import evaluate_bpb, sample_completions
-from nanochat.precision import autocast_context, compile_model, peak_flops, resolve_dtype, wants_compile
+from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
@@ -81,8 +81,6 @@ def main(argv: list[str] | None = None) -> dict:
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
     master = rank == 0
-    dtype = resolve_dtype(device_type, args.dtype)
-    autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat", vars(args), master)
 
     tokenizer = get_tokenizer()
@@ -100,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     B, T = args.device_batch_size, args.max_seq_len
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     tokens_per_step = args.total_batch_size
-    use_compile = wants_compile(args.compile, device_type, fixed_shapes=True)
+    precision = choose_precision(device_type, args.dtype, args.compile, fixed_shapes=True,
+                                 train_tokens=num_iterations * tokens_per_step)
+    print0(precision.describe())  # the run's first line: what it computes in, and why
+    dtype, use_compile = precision.dtype, precision.compile
+    autocast = autocast_context(device_type, dtype)
     plan_run(config, B, T, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}",
         "steps": f"{num_iterations:,} of {tokens_per_step:,} tokens; {num_iterations * tokens_per_step / num_params:.1f} tokens/param",

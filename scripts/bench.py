@@ -4,7 +4,7 @@ so ratios stay meaningful on a loaded or different machine.
 
     python -m scripts.bench tokenizer --vocab_size=65536 --text=synthetic
     python -m scripts.bench tokenizer --text=../shared/data/tinyshakespeare/input.txt
-    python -m scripts.bench train --depth=4 --vocab_size=8192 --seq_len=512 --batch=8 --dtypes=float32,bfloat16
+    python -m scripts.bench train --depth=4 --vocab_size=8192 --seq_len=512 --batch=8
     python -m scripts.bench decode --depth=4 --vocab_size=8192 --prompt_len=32 --new_tokens=128
 """
 
@@ -18,7 +18,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -88,69 +88,146 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
     }
 
 
+def _train_path(name: str) -> tuple[torch.dtype, bool, bool]:
+    """A training path's name, '<dtype>[_compile][_plain_loss]', as (dtype, compiled, chunked loss)."""
+    compiled, plain = "_compile" in name, name.endswith("_plain_loss")
+    dtype_name = name.removesuffix("_plain_loss").removesuffix("_compile")
+    if dtype_name not in ("float32", "bfloat16") or name != dtype_name + "_compile" * compiled + "_plain_loss" * plain:
+        raise SystemExit(f"error: unknown training path {name!r} (want <float32|bfloat16>[_compile][_plain_loss])")
+    if compiled and plain:  # head_loss is not traced: a compiled model always takes the plain loss
+        raise SystemExit(f"error: {name!r}: a compiled step always uses the plain loss, name it {dtype_name}_compile")
+    return getattr(torch, dtype_name), compiled, not plain and not compiled
+
+
+def _learnable_batches(vocab_size: int, batch: int, seq_len: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """
+    Rows of a random walk in which each token has 4 possible successors: a language a model learns
+    within a hundred steps (its loss falls from ln V towards ln 4), unlike uniform random tokens.
+    """
+    g = torch.Generator().manual_seed(seed)
+    successors = torch.randint(0, vocab_size, (vocab_size, 4), generator=torch.Generator().manual_seed(0))
+    while True:
+        rows = [torch.randint(0, vocab_size, (batch,), generator=g)]
+        for _ in range(seq_len):
+            rows.append(successors[rows[-1], torch.randint(0, 4, (batch,), generator=g)])
+        data = torch.stack(rows, dim=1)
+        yield data[:, :-1], data[:, 1:]
+
+
 def bench_train(args: argparse.Namespace) -> dict:
     """
-    Optimizer steps per second and peak memory of a fresh model on random tokens: per dtype, with
-    the plain loss (full logits) and the chunked one (the default); same model and data. The first
-    dtype with the plain loss is the baseline of every ratio.
+    Optimizer steps per second and peak memory of a fresh model on random tokens, per training
+    path (dtype, compiled or eager, chunked or plain loss); same model and data; the first path
+    is the baseline of every ratio. The paths' timed steps are interleaved, a few steps of each
+    in turn and the median kept, so load from other processes hits them all alike. Then the
+    default path and fp32 eager train for --loss_steps steps on learnable data from the same
+    initialization, and their held-out losses are compared.
     """
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
-    from nanochat.precision import autocast_context, peak_flops
+    from nanochat.precision import autocast_context, choose_precision, peak_flops
     from nanochat.preflight import estimate_peak_memory
     from nanochat.training import StepBatches, train_step
 
     device_type = args.device_type or autodetect_device_type()
     device = torch.device(device_type)
     config = config_for_depth(args.depth, args.vocab_size, args.seq_len)
+    default = choose_precision(device_type, "auto", "auto", fixed_shapes=True, train_tokens=args.run_tokens)
+    default_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[default.dtype] + "_compile" * default.compile
+    names = list(dict.fromkeys(args.paths.split(",") + [default_name]))
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, args.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
-    results = {}
-    for dtype_name in args.dtypes.split(","):
-        for chunked in (False, True):
-            name = dtype_name if chunked else f"{dtype_name}_plain_loss"
-            torch.manual_seed(0)
-            model = GPT(config).to(device)
-            model.init_weights()
-            model.chunked_loss = chunked
-            optimizers = model.setup_optimizers()
-            train_model = torch.compile(model) if args.compile else model
-            autocast = autocast_context(device_type, getattr(torch, dtype_name))
-            batches = StepBatches(iter(lambda: (data[:, :-1], data[:, 1:]), None), 1)
-            progress(f"train {name}: {args.warmup} warm-up steps{' (compiling)' if args.compile else ''}, then "
-                     f"{args.steps} timed steps of {args.batch}×{args.seq_len} tokens, then one step measuring memory")
-            for _ in range(args.warmup):
-                train_step(train_model, optimizers, batches, autocast)
+
+    def new_run(dtype: torch.dtype, compiled: bool, chunked: bool, batches: Iterator[tuple]) -> dict:
+        torch.manual_seed(0)
+        model = GPT(config).to(device)
+        model.init_weights()
+        model.chunked_loss = chunked
+        return {"model": model, "optimizers": model.setup_optimizers(), "autocast": autocast_context(device_type, dtype),
+                "train_model": torch.compile(model) if compiled else model, "batches": StepBatches(batches, 1)}
+
+    def step(run: dict) -> torch.Tensor:
+        return train_step(run["train_model"], run["optimizers"], run["batches"], run["autocast"])[0]
+
+    runs, results = {}, {}
+    for name in names:
+        dtype, compiled, chunked = _train_path(name)
+        runs[name] = new_run(dtype, compiled, chunked, iter(lambda: (data[:, :-1], data[:, 1:]), None))
+        progress(f"train {name}: {args.warmup} warm-up steps{' (compiling)' if compiled else ''}")
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            step(runs[name]).item()
+        _sync(device)
+        results[name] = {"compiled": compiled, "chunked_loss": chunked, "warmup_s": time.perf_counter() - t0}
+    progress(f"timing: {args.rounds} rounds of {args.steps} steps of {args.batch}×{args.seq_len} tokens per path, in turn")
+    step_times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                loss, _ = train_step(train_model, optimizers, batches, autocast)
+                loss = step(runs[name])
             loss.item()
             _sync(device)
-            dt = (time.perf_counter() - t0) / args.steps
-            tok_per_s = args.batch * args.seq_len / dt
-            peak = peak_flops(device)
-            results[name] = {
-                "chunked_loss": chunked,
-                "step_ms": 1000 * dt,
-                "tok_per_s": tok_per_s,
-                "mfu_percent": 100 * model.estimate_flops() * tok_per_s / peak if peak else None,
-                "peak_memory_gib": _step_peak_memory(train_model, model, optimizers, batches, autocast, device) / 2**30,
-                # the preflight's formula for the same step, to hold it against the measured peak
-                "estimated_peak_gib": estimate_peak_memory(config, args.batch, args.seq_len, 1, getattr(torch, dtype_name),
-                                                           args.compile).total / 2**30,
-            }
-    baseline = next(iter(results))
-    for r in results.values():
+            step_times[name].append((time.perf_counter() - t0) / args.steps)
+    peak = peak_flops(device)
+    for name in names:
+        dtype, compiled, _ = _train_path(name)
+        run = runs[name]
+        dt = sorted(step_times[name])[len(step_times[name]) // 2]
+        tok_per_s = args.batch * args.seq_len / dt
+        results[name] |= {
+            "step_ms": 1000 * dt,
+            "tok_per_s": tok_per_s,
+            "mfu_percent": 100 * run["model"].estimate_flops() * tok_per_s / peak if peak else None,
+            "peak_memory_gib": _step_peak_memory(run["train_model"], run["model"], run["optimizers"], run["batches"],
+                                                 run["autocast"], device) / 2**30,
+            # the preflight's formula for the same step, to hold it against the measured peak
+            "estimated_peak_gib": estimate_peak_memory(config, args.batch, args.seq_len, 1, dtype, compiled).total / 2**30,
+        }
+    baseline = names[0]
+    for name, r in results.items():
         r[f"speedup_vs_{baseline}"] = r["tok_per_s"] / results[baseline]["tok_per_s"]
         r[f"peak_memory_vs_{baseline}"] = r["peak_memory_gib"] / results[baseline]["peak_memory_gib"]
-    return {
+        eager = results.get(name.removesuffix("_compile"))
+        if r["compiled"] and eager and r["tok_per_s"] > eager["tok_per_s"]:
+            # the training tokens after which compiling has paid for itself against the same dtype eager
+            # (the training graph only: a run's evaluation compiles once more)
+            saved_per_token = 1 / eager["tok_per_s"] - 1 / r["tok_per_s"]
+            r["compile_repaid_after_tokens"] = round((r["warmup_s"] - eager["warmup_s"]) / saved_per_token)
+    out = {
         "benchmark": "train",
         "device": str(device) if device_type != "cuda" else torch.cuda.get_device_name(device),
         "depth": args.depth, "vocab_size": args.vocab_size, "seq_len": args.seq_len, "batch": args.batch,
-        "num_params": sum(p.numel() for p in model.parameters()), "compile": args.compile,
-        "threads": torch.get_num_threads(), "baseline": baseline, "results": results,
+        "num_params": sum(p.numel() for p in runs[baseline]["model"].parameters()),
+        "threads": torch.get_num_threads(), "baseline": baseline,
+        # what base_train and mid_train pick here for a run of --run_tokens tokens, and why
+        "default": {"path": default_name, "run_tokens": args.run_tokens, "choice": default.describe()},
+        "results": results,
     }
+    del runs
+    if args.loss_steps > 0:
+        out["loss_check"] = _loss_check(args, default_name, new_run, step, device)
+    return out
+
+
+def _loss_check(args: argparse.Namespace, default_name: str, new_run: Callable[..., dict],
+                step: Callable[[dict], torch.Tensor], device: torch.device) -> dict:
+    """fp32 eager and the default path, trained alike for loss_steps steps: held-out loss of each, in fp32."""
+    losses = {}
+    for name in dict.fromkeys(("float32", default_name)):
+        progress(f"loss check, {name}: {args.loss_steps} steps on learnable data")
+        batches = ((x.to(device), y.to(device)) for x, y in _learnable_batches(args.vocab_size, args.batch, args.seq_len, 1))
+        run = new_run(*_train_path(name), batches)
+        for _ in range(args.loss_steps):
+            train_loss = step(run)
+        heldout = _learnable_batches(args.vocab_size, args.batch, args.seq_len, seed=2)
+        with torch.no_grad():
+            val = [run["model"](x.to(device), y.to(device)).item() for x, y in (next(heldout) for _ in range(4))]
+        losses[name] = {"train_loss": train_loss.item(), "heldout_loss": sum(val) / len(val)}
+    relative = losses[default_name]["heldout_loss"] / losses["float32"]["heldout_loss"] - 1
+    return {"steps": args.loss_steps, "data": "random walk, 4 successors per token", "losses": losses,
+            "default_vs_float32_relative": relative, "within_2_percent": abs(relative) <= 0.02}
 
 
 def _step_peak_memory(train_model, model, optimizers, batches, autocast, device: torch.device) -> int:
@@ -328,11 +405,17 @@ def main(argv: list[str] | None = None) -> dict:
     train.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
     train.add_argument("--seq_len", type=positive_int, default=512, help="tokens per row")
     train.add_argument("--batch", type=positive_int, default=8, help="rows per step")
-    train.add_argument("--steps", type=positive_int, default=10, help="timed steps")
-    train.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    train.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16 (first is the baseline)")
+    train.add_argument("--steps", type=positive_int, default=2, help="timed steps per round")
+    train.add_argument("--rounds", type=positive_int, default=5, help="rounds, each timing every path in turn")
+    train.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling, for compiled paths)")
+    train.add_argument("--paths", default="float32_plain_loss,float32,bfloat16,float32_compile,bfloat16_compile",
+                       help="comma-separated <float32|bfloat16>[_compile][_plain_loss] (first is the baseline); "
+                            "the default path is added")
+    train.add_argument("--run_tokens", type=int, default=1_000_000,
+                       help="training tokens of the run whose default path is benchmarked (auto compiles long runs)")
+    train.add_argument("--loss_steps", type=int, default=100,
+                       help="steps of fp32 and the default on learnable data, to compare their losses (0: skip)")
     train.add_argument("--device_type", default="", help="device (empty: autodetect)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the model")
     decode = sub.add_parser("decode", help="generation and RL rollout tok/s: the Engine against its reference loop")
     decode.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
     decode.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")

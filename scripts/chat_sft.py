@@ -16,10 +16,10 @@ import sys
 import time
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, script_main
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script_main
 from nanochat.dataloader import sft_loader
 from nanochat.loss_eval import evaluate_loss
-from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
+from nanochat.precision import autocast_context, choose_precision, compile_model
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
@@ -82,8 +82,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    dtype = resolve_dtype(device_type, args.dtype)
-    autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-sft", vars(args), rank == 0)
     model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
@@ -100,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     num_iterations = args.num_iterations
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
-    use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rows are padded per batch
+    # rows are padded per batch: never compiled by default, so the run's length does not matter
+    precision = choose_precision(device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
+    print0(precision.describe())  # the run's first line: what it computes in, and why
+    dtype, use_compile = precision.dtype, precision.compile
+    autocast = autocast_context(device_type, dtype)
     plan_run(model.config, B, max_len, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations, each on its own row of at most {max_len} tokens",

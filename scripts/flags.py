@@ -68,7 +68,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     """Where a script runs and in what precision."""
     p.add_argument("--device_type", default="", choices=["", "cuda", "cpu", "mps"], help="device (empty: autodetect)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="auto: bf16 on CUDA, fp32 elsewhere")
+                   help="auto: bf16 on CUDA (and, to train, on CPUs with native bf16), fp32 elsewhere")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="dummy", help="wandb run name ('dummy': no wandb)")
     add_device_args(p)
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                   help="torch.compile the model (auto: on for CUDA where the batch shapes are fixed)")
+                   help="torch.compile the model (auto: where the batch shapes are fixed, on CUDA and for CPU runs of 1M+ tokens)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint")
     p.add_argument("--resume_from_step", type=int, default=-1, help="continue from this step's checkpoint (-1: not)")
     p.add_argument("--extend", action="store_true",

@@ -16,10 +16,10 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, script_main
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script_main
 from nanochat.dataloader import packed_conversation_loader
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.precision import autocast_context, compile_model, peak_flops, resolve_dtype, wants_compile
+from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
 from nanochat.preflight import plan_run
 from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum, scale_learning_rates
@@ -79,8 +79,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    dtype = resolve_dtype(device_type, args.dtype)
-    autocast = autocast_context(device_type, dtype)
     wandb_run = init_wandb(args.run, "nanochat-mid", vars(args), rank == 0)
     model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
     model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
@@ -89,7 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
     B = args.device_batch_size
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     train_set, val_set = build_mixtures(args.spelling_size, args.max_conversations)
-    use_compile = wants_compile(args.compile, device_type, fixed_shapes=True)  # packed rows: always B×T
+    # packed rows: always B×T; -1 iterations is a pass over the mixture
+    precision = choose_precision(device_type, args.dtype, args.compile, fixed_shapes=True,
+                                 train_tokens=args.num_iterations * args.total_batch_size
+                                 if args.num_iterations > 0 else None)
+    print0(precision.describe())  # the run's first line: what it computes in, and why
+    dtype, use_compile = precision.dtype, precision.compile
+    autocast = autocast_context(device_type, dtype)
     plan_run(model.config, B, T, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag} from {args.source} step {source_meta['step']}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations packed into rows of {T} tokens",

@@ -4,26 +4,49 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scripts import bench
 
 
 def test_train_benchmark_json(tmp_path):
     out = tmp_path / "bench.json"
+    # a run too short to compile: the default path is one of these, whatever this CPU has
     result = bench.main(["--out", str(out), "train", "--depth=1", "--vocab_size=256", "--seq_len=32", "--batch=2",
-                         "--steps=2", "--warmup=1", "--dtypes=float32,bfloat16", "--device_type=cpu"])
+                         "--steps=1", "--rounds=2", "--warmup=1", "--paths=float32_plain_loss,float32,bfloat16",
+                         "--run_tokens=1", "--loss_steps=3", "--device_type=cpu"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     r = result["results"]
-    # each dtype with the plain loss and the chunked one; the first plain run is every ratio's baseline
-    assert set(r) == {"float32_plain_loss", "float32", "bfloat16_plain_loss", "bfloat16"}
-    assert result["baseline"] == "float32_plain_loss"
+    assert set(r) == {"float32_plain_loss", "float32", "bfloat16"}
+    assert result["baseline"] == "float32_plain_loss"  # the first path is every ratio's baseline
     assert r["float32_plain_loss"]["speedup_vs_float32_plain_loss"] == 1.0
     assert r["float32_plain_loss"]["peak_memory_vs_float32_plain_loss"] == 1.0
     assert r["float32"]["chunked_loss"] and not r["float32_plain_loss"]["chunked_loss"]
     for entry in r.values():
         assert entry["tok_per_s"] > 0 and entry["peak_memory_gib"] > 0 and entry["estimated_peak_gib"] > 0
         assert entry["speedup_vs_float32_plain_loss"] > 0 and entry["peak_memory_vs_float32_plain_loss"] > 0
+        assert not entry["compiled"]
     assert r["float32"]["mfu_percent"] is None  # CPU: no peak known
     assert result["num_params"] == 2 * 256 * 64 + 12 * 64 * 64
+    default = result["default"]
+    assert default["path"] in r and default["choice"].startswith("precision: ") and "compile off" in default["choice"]
+    check = result["loss_check"]
+    assert check["steps"] == 3 and set(check["losses"]) == {"float32", default["path"]}
+    assert check["within_2_percent"] == (abs(check["default_vs_float32_relative"]) <= 0.02)
+
+
+def test_train_benchmark_adds_the_default_path_and_rejects_unknown_ones(monkeypatch):
+    from nanochat import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_feature", lambda: "avx512_bf16")
+    result = bench.main(["train", "--depth=1", "--vocab_size=256", "--seq_len=16", "--batch=2", "--steps=1",
+                         "--rounds=1", "--warmup=0", "--paths=float32", "--run_tokens=1", "--loss_steps=0",
+                         "--device_type=cpu"])
+    assert list(result["results"]) == ["float32", "bfloat16"] and result["default"]["path"] == "bfloat16"
+    assert "loss_check" not in result
+    for bad in ("float16", "bfloat16_plain_loss_compile", "float32_compile_plain_loss"):
+        with pytest.raises(SystemExit):
+            bench.main(["train", f"--paths={bad}", "--device_type=cpu"])
 
 
 def test_decode_benchmark_json():

@@ -14,8 +14,8 @@ from scripts import base_loss, bench
 
 
 def test_bench_says_what_it_runs_on_stderr_and_keeps_stdout_json(capsys):
-    bench.main(["train", "--depth=1", "--vocab_size=256", "--seq_len=16", "--batch=2", "--steps=1", "--warmup=1",
-                "--dtypes=float32,bfloat16", "--device_type=cpu"])
+    bench.main(["train", "--depth=1", "--vocab_size=256", "--seq_len=16", "--batch=2", "--steps=1", "--rounds=1", "--warmup=1",
+                "--paths=float32,bfloat16", "--run_tokens=1", "--loss_steps=0", "--device_type=cpu"])
     bench.main(["decode", "--depth=1", "--vocab_size=256", "--prompt_len=4", "--new_tokens=4", "--batches=1,2",
                 "--device_type=cpu"])
     out, err = capsys.readouterr()
@@ -24,9 +24,9 @@ def test_bench_says_what_it_runs_on_stderr_and_keeps_stdout_json(capsys):
     second, _ = decoder.raw_decode(out[end:].lstrip())
     assert first["benchmark"] == "train" and second["benchmark"] == "decode"  # stdout holds the JSON and only it
     lines = err.splitlines()
-    # one line before each timed thing: every dtype, every (batch, decoder) pair
+    # one line before each timed thing: every training path, every (batch, decoder) pair
     assert sum(line.startswith("bench: train ") for line in lines) == 2
-    assert sum(line.startswith("bench: decode batch ") for line in lines) == 2 * 3
+    assert sum(line.startswith("bench: decode batch ") for line in lines) == 2 * 4  # naive, reference, engine, bf16
 
 
 def test_base_loss_announces_each_split_and_the_sampling(synthetic_setup, capsys):
