@@ -28,6 +28,7 @@ from nanochat.checkpoint_manager import CheckpointError, checkpoint_dir_for, fin
 from nanochat.common import run_main
 from nanochat.dataset import DataNotFoundError, get_data_dir, list_parquet_files
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.stages import STAGES
 from nanochat.synthetic import write_shards
 from nanochat.tokenizer import TokenizerNotFoundError, get_token_bytes, get_tokenizer, get_tokenizer_dir, train_tokenizer
 
@@ -63,7 +64,7 @@ def cpu_run(tmp_path_factory) -> Path:
                            n_embd=64)
         model = GPT(config)
         model.init_weights()
-        for source in ("base", "mid", "sft", "rl"):
+        for source in STAGES:  # every stage, as a run that has also trained dpo (the README reads it)
             save_checkpoint(checkpoint_dir_for(source, "d1"), 1, model.state_dict(), None,
                             {"model_config": vars(config), "step": 1})
     return home
