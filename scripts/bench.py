@@ -316,7 +316,7 @@ def bench_decode(args: argparse.Namespace) -> dict:
     """
     Tokens generated per second per batch size: the Engine (fp32 and bf16 weights) against
     today's reference loop (the baseline of the ratios) and naive recompute; then RL rollouts
-    (groups sampled in device batches with top-k, as chat_rl does) with both engines.
+    (groups sampled in device batches with top-k 50, as chat_rl did before its default became no top-k) with both engines.
     """
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
