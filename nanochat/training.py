@@ -26,9 +26,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanochat.common import get_dist_info, print0
+from nanochat.common import compute_cleanup, get_dist_info, print0
 from nanochat.errors import NonFiniteLossError
 from nanochat.precision import peak_memory_mib
+from nanochat.report import get_report
 from nanochat.resume import ResumeState, resume_if_asked, save_training_checkpoint
 
 
@@ -255,12 +256,20 @@ class StepLog:
         return self.state["evals"].get(name, [])
 
 
-def finish_line(results: dict[str, Any], device: torch.device) -> None:
-    """Record the device's peak memory in a stage's results and print the stage's closing line."""
+def finish_run(results: dict[str, Any], device: torch.device, section: str, args: argparse.Namespace,
+               device_type: str, wandb_run: Any, curves: dict[str, list] | None, notes: tuple[str, ...] = ()) -> None:
+    """
+    How every training stage ends: the device's peak memory goes into the results, one closing
+    line is printed, the report gets the stage's section (its flags with the device actually
+    used, the results, any notes, the curves), then wandb and the process group are closed.
+    """
     peak = peak_memory_mib(device)
     results["peak_memory_mib"] = peak if peak is not None else "n/a"
     print0(f"peak memory: {f'{peak:,.0f} MiB' if peak is not None else 'n/a (not tracked on this device)'} | "
            f"training time: {results.get('training_time_min', 0):.2f}m")
+    get_report().log(section=section, data=[{**vars(args), "device_type": device_type}, results, *notes], curves=curves)
+    wandb_run.finish()
+    compute_cleanup()
 
 
 # ---- the loop's bookkeeping ----

@@ -16,18 +16,17 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script_main
+from nanochat.common import autodetect_device_type, compute_init, init_wandb, print0, script_main
 from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
 from nanochat.loss_eval import evaluate_bpb, sample_completions
 from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
 from nanochat.preflight import plan_run
-from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
 from nanochat.stages import STAGES
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line, grad_accum_steps_for, train_step
+from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run, grad_accum_steps_for, train_step
 from scripts.flags import ArgumentParser, add_run_args, positive_int
 
 
@@ -172,10 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
         "mfu_percent_last_step": log.mfu if log.mfu is not None else "n/a",
         "training_time_min": log.state["total_time"] / 60,
     }
-    finish_line(results, device)
-    get_report().log(section=STAGES["base"].section, data=[{**vars(args), "device_type": device_type}, results, "Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)], curves=log.state["evals"])
-    wandb_run.finish()
-    compute_cleanup()
+    finish_run(results, device, STAGES["base"].section, args, device_type, wandb_run, log.state["evals"],
+               notes=("Samples:\n\n" + "\n".join(f"- {s!r}" for s in samples),))
     return results
 
 

@@ -26,15 +26,14 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, print0, script_main
+from nanochat.common import autodetect_device_type, compute_init, get_dist_info, init_wandb, print0, script_main
 from nanochat.preference import (LOSSES, my_pairs, pair_batch, pair_schedule, preference_loader, preference_loss,
                                  reference_logprobs, sequence_logprobs, token_kl)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.stages import STAGES
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line
+from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
 from tasks.preferences import PreferencePairs
 
@@ -176,11 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": num_iterations, **metrics, "final_smooth_loss": log.smooth_loss,
                "training_time_min": log.state["total_time"] / 60,
                "skipped_pairs": sum(train_set.skipped.values()) + sum(val_set.skipped.values())}
-    finish_line(results, device)
-    get_report().log(section=STAGES["dpo"].section, data=[{**vars(args), "device_type": device_type}, results],
-                     curves=log.state["evals"])
-    wandb_run.finish()
-    compute_cleanup()
+    finish_run(results, device, STAGES["dpo"].section, args, device_type, wandb_run, log.state["evals"])
     return results
 
 

@@ -25,18 +25,17 @@ from functools import partial
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, script_main
+from nanochat.common import autodetect_device_type, compute_init, get_dist_info, init_wandb, script_main
 from nanochat.engine import Engine
 from nanochat.errors import PreflightError
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.report import get_report
 from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, all_reduce_sum, answer_text,
                          group_advantages, k3_kl, parse_tasks, pass_at_k, policy_loss, rollout_batches, rollout_statistics,
                          sample_answers, sequence_weights, shape_rewards)
 from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.stages import STAGES
-from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
+from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_run, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 
 REFILL_KEYS = 1 << 40  # dynamic sampling's fresh problems are numbered from here: never a regular slot's number
@@ -287,11 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
                "mean_reward_first_step": rewards[0][1] if rewards else None,
                "mean_reward_last_step": rewards[-1][1] if rewards else None,
                "training_time_min": log.state["total_time"] / 60}
-    finish_line(results, device)
-    get_report().log(section=STAGES["rl"].section, data=[{**vars(args), "device_type": device_type}, results],
-                     curves=log.state["evals"])
-    wandb_run.finish()
-    compute_cleanup()
+    finish_run(results, device, STAGES["rl"].section, args, device_type, wandb_run, log.state["evals"])
     return results
 
 

@@ -24,14 +24,13 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint_manager import load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, script_main
+from nanochat.common import autodetect_device_type, compute_init, get_dist_info, init_wandb, script_main
 from nanochat.preference import (as_reward_model, bradley_terry_loss, my_pairs, pair_batch, pair_schedule, preference_loader,
                                  reply_rewards, reward_dir)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line
+from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
 from tasks.preferences import PreferencePairs
 
@@ -152,11 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"steps": num_iterations, **metrics, "final_smooth_loss": log.smooth_loss,
                "training_time_min": log.state["total_time"] / 60,
                "skipped_pairs": sum(train_set.skipped.values()) + sum(val_set.skipped.values())}
-    finish_line(results, device)
-    get_report().log(section=REPORT_SECTION, data=[{**vars(args), "device_type": device_type}, results],
-                     curves=log.state["evals"])
-    wandb_run.finish()
-    compute_cleanup()
+    finish_run(results, device, REPORT_SECTION, args, device_type, wandb_run, log.state["evals"])
     return results
 
 

@@ -16,16 +16,15 @@ import sys
 import time
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script_main
+from nanochat.common import autodetect_device_type, compute_init, init_wandb, print0, script_main
 from nanochat.dataloader import sft_loader
 from nanochat.loss_eval import evaluate_loss
 from nanochat.precision import autocast_context, choose_precision, compile_model
 from nanochat.preflight import plan_run
-from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, scale_learning_rates
 from nanochat.stages import STAGES
 from nanochat.task_eval import evaluate_categorical
-from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_line, train_step_token_normalized
+from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_run, train_step_token_normalized
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.arc import ARC
 from tasks.common import TaskMixture
@@ -158,10 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
-    finish_line(results, device)
-    get_report().log(section=STAGES["sft"].section, data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
-    wandb_run.finish()
-    compute_cleanup()
+    finish_run(results, device, STAGES["sft"].section, args, device_type, wandb_run, log.state["evals"])
     return results
 
 

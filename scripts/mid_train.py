@@ -16,16 +16,15 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script_main
+from nanochat.common import autodetect_device_type, compute_init, init_wandb, print0, script_main
 from nanochat.dataloader import packed_conversation_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
 from nanochat.preflight import plan_run
-from nanochat.report import get_report
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum, scale_learning_rates
 from nanochat.stages import STAGES
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_line, grad_accum_steps_for, train_step
+from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run, grad_accum_steps_for, train_step
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.common import TaskMixture
 from tasks.customjson import CustomJSON, get_identity_conversations
@@ -153,10 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_history = [v for _, v in log.history("val_bpb")]
     results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
-    finish_line(results, device)
-    get_report().log(section=STAGES["mid"].section, data=[{**vars(args), "device_type": device_type}, results], curves=log.state["evals"])
-    wandb_run.finish()
-    compute_cleanup()
+    finish_run(results, device, STAGES["mid"].section, args, device_type, wandb_run, log.state["evals"])
     return results
 
 
