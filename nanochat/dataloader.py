@@ -199,9 +199,12 @@ def sft_batch(conversations: list[dict], tokenizer: Any, max_len: int, device: s
     return inputs.to(device), targets.to(device)
 
 
-def sft_loader(dataset: Any, tokenizer: Any, B: int, max_len: int, device: str | torch.device = "cpu",
-               loop: bool = False, resume_state: dict | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
-    """SFT batches of B conversations from this rank's share; the state is the next conversation to take."""
+def rank_batches(dataset: Any, B: int, loop: bool = False,
+                 resume_state: dict | None = None) -> Iterator[tuple[list[int], dict]]:
+    """
+    This rank's share of the dataset's indices in batches of B, each with the state that
+    resumes right after it (the next index to take); the conversation loaders build on it.
+    """
     _, rank, _, world_size = get_dist_info()
     start = rank
     if resume_state is not None:
@@ -212,7 +215,14 @@ def sft_loader(dataset: Any, tokenizer: Any, B: int, max_len: int, device: str |
         batch = [i for _, i in zip(range(B), indices)]
         if len(batch) < B:
             return
-        inputs, targets = sft_batch([dataset[i] for i in batch], tokenizer, max_len, device)
         next_index = batch[-1] + world_size
-        yield inputs, targets, {"index": next_index, "progress": min(next_index / len(dataset), 1.0),
-                                "rank": rank, "world_size": world_size}
+        yield batch, {"index": next_index, "progress": min(next_index / len(dataset), 1.0),
+                      "rank": rank, "world_size": world_size}
+
+
+def sft_loader(dataset: Any, tokenizer: Any, B: int, max_len: int, device: str | torch.device = "cpu",
+               loop: bool = False, resume_state: dict | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """SFT batches of B conversations from this rank's share; the state is the next conversation to take."""
+    for batch, state in rank_batches(dataset, B, loop, resume_state):
+        inputs, targets = sft_batch([dataset[i] for i in batch], tokenizer, max_len, device)
+        yield inputs, targets, state

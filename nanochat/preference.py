@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from nanochat.checkpoint_manager import COMPILED_PREFIX, find_largest_model, find_last_step, load_checkpoint
 from nanochat.common import get_base_dir, get_dist_info
-from nanochat.dataloader import _check_resume_state, _my_conversations
+from nanochat.dataloader import rank_batches
 from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import get_tokenizer
@@ -150,22 +150,11 @@ def preference_loader(dataset: Any, tokenizer: Any, B: int, max_len: int,
     log-probabilities or None without a reference, state); the state is the next pair to
     take, as sft_loader's.
     """
-    _, rank, _, world_size = get_dist_info()
-    start = rank
-    if resume_state is not None:
-        _check_resume_state(resume_state, rank, world_size)
-        start = resume_state["index"]
-    indices = _my_conversations(dataset, start, loop, rank, world_size)
-    while True:
-        batch = [i for _, i in zip(range(B), indices)]
-        if len(batch) < B:
-            return
+    for batch, state in rank_batches(dataset, B, loop, resume_state):
         inputs, targets = pair_batch([dataset[i] for i in batch], tokenizer, max_len, device)
         ref = None if reference is None else torch.tensor(
             [reference[i][0] for i in batch] + [reference[i][1] for i in batch], device=device)
-        next_index = batch[-1] + world_size
-        yield inputs, targets, ref, {"index": next_index, "progress": min(next_index / len(dataset), 1.0),
-                                     "rank": rank, "world_size": world_size}
+        yield inputs, targets, ref, state
 
 
 # ---- the losses ----
