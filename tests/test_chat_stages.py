@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from functools import partial
 
 import torch
@@ -15,7 +13,7 @@ from scripts import chat_rl, chat_sft, mid_train
 from tasks.common import TaskMixture
 from tasks.gsm8k import GSM8K
 from tasks.smoltalk import SmolTalk
-from tiny import assert_bitwise_equal, make_batches, make_tiny_model
+from tiny import make_batches, make_tiny_model, resume_matches
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
 
@@ -128,25 +126,10 @@ def test_policy_gradient_raises_the_probability_of_rewarded_answers(tiny_tokeniz
 # ---- the scripts: exact resume ----
 
 
-def _resume_matches(run, args, stage_dir, final_step, half_step):
-    run(args)
-    files = [f"model_{final_step:06d}.pt", f"optim_{final_step:06d}_rank0.pt"]
-    uninterrupted = {f: torch.load(stage_dir / f) for f in files}
-    meta = json.loads((stage_dir / f"meta_{final_step:06d}.json").read_text())
-    for f in files + [f"meta_{final_step:06d}.json"]:
-        os.remove(stage_dir / f)
-    assert (stage_dir / f"model_{half_step:06d}.pt").exists()
-    run(args + ["--resume"])
-    for f in files:
-        assert_bitwise_equal(torch.load(stage_dir / f), uninterrupted[f], f)
-    resumed = json.loads((stage_dir / f"meta_{final_step:06d}.json").read_text())
-    assert resumed["data_states"] == meta["data_states"]
-
-
 def test_mid_train_resumes_bitwise(base_checkpoint):
     args = ["--device_type=cpu", "--device_batch_size=2", "--total_batch_size=128", "--num_iterations=4",
             "--save_every=2", "--eval_every=-1", "--eval_tokens=256", "--spelling_size=50"]
-    _resume_matches(mid_train.main, args, base_checkpoint / "mid_checkpoints" / "d1", 4, 2)
+    resume_matches(mid_train.main, args, base_checkpoint / "mid_checkpoints" / "d1", 4, 2)
     assert (base_checkpoint / "report" / "midtraining.md").exists()
 
 
@@ -154,13 +137,13 @@ def test_chat_sft_resumes_bitwise(base_checkpoint):
     args = ["--source=base", "--device_type=cpu", "--device_batch_size=2", "--target_examples_per_step=4",
             "--num_iterations=4", "--save_every=2", "--eval_every=-1", "--eval_steps=2", "--eval_metrics_every=-1",
             "--smoltalk_size=50", "--spelling_size=20"]
-    _resume_matches(chat_sft.main, args, base_checkpoint / "chatsft_checkpoints" / "d1", 4, 2)
+    resume_matches(chat_sft.main, args, base_checkpoint / "chatsft_checkpoints" / "d1", 4, 2)
 
 
 def test_chat_rl_resumes_bitwise(base_checkpoint):
     args = ["--source=base", "--device_type=cpu", "--num_samples=3", "--device_batch_size=2", "--examples_per_step=2",
             "--max_new_tokens=6", "--num_iterations=4", "--save_every=2", "--eval_every=-1", "--eval_examples=2"]
-    _resume_matches(chat_rl.main, args, base_checkpoint / "chatrl_checkpoints" / "d1", 4, 2)
+    resume_matches(chat_rl.main, args, base_checkpoint / "chatrl_checkpoints" / "d1", 4, 2)
 
 
 def test_chat_rl_with_every_knob_resumes_bitwise(base_checkpoint):
@@ -169,7 +152,7 @@ def test_chat_rl_with_every_knob_resumes_bitwise(base_checkpoint):
             "--eval_samples=2", "--tasks=GSM8K:1,SimpleSpelling:1", "--top_k=5", "--kl_coef=0.1", "--ppo_epochs=2",
             "--num_minibatches=2", "--dynamic_sampling", "--max_refills=1", "--adv_norm=group", "--loss_agg=sequence",
             "--overlong=penalty"]
-    _resume_matches(chat_rl.main, args, base_checkpoint / "chatrl_checkpoints" / "d1", 4, 2)
+    resume_matches(chat_rl.main, args, base_checkpoint / "chatrl_checkpoints" / "d1", 4, 2)
 
 
 def test_mixture_of_twins_is_what_mid_train_uses(offline):
