@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from nanochat.synthetic import arc_twin
 from tasks.common import (
-    LETTERS,
     MultipleChoiceTask,
     load_rows,
-    render_mc,
+    mc_conversation,
 )
 
 SUBSETS = ("ARC-Easy", "ARC-Challenge")
@@ -50,12 +49,4 @@ class ARC(MultipleChoiceTask):
         if row["answerKey"] not in labels:
             raise ValueError(f"ARC row {index}: answerKey {row['answerKey']!r} is not one of the labels {labels}")
         # a few ARC rows label their choices 1-4 instead of A-D: relabel them all A, B, C, ...
-        letters = list(LETTERS[: len(texts)])
-        answer = letters[labels.index(row["answerKey"])]
-        return {
-            "messages": [
-                {"role": "user", "content": render_mc(row["question"], letters, texts)},
-                {"role": "assistant", "content": answer},
-            ],
-            "letters": letters,
-        }
+        return mc_conversation(row["question"], texts, labels.index(row["answerKey"]))

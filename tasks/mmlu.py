@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from nanochat.synthetic import mmlu_twin
 from tasks.common import (
-    LETTERS,
     MultipleChoiceTask,
     load_rows,
-    render_mc,
+    mc_conversation,
 )
 
 SUBSETS = ("all", "auxiliary_train")
@@ -48,15 +47,7 @@ class MMLU(MultipleChoiceTask):
         if isinstance(row.get("train"), dict):  # the auxiliary_train config wraps each row
             row = row["train"]
         choices = list(row["choices"])
-        letters = list(LETTERS[: len(choices)])
         answer = int(row["answer"])
         if not 0 <= answer < len(choices):
             raise ValueError(f"MMLU row {index}: answer {answer} out of range for {len(choices)} choices")
-        return {
-            "messages": [
-                {"role": "user", "content": render_mc(row["question"], letters, choices)},
-                {"role": "assistant", "content": letters[answer]},
-            ],
-            "letters": letters,
-            "subject": row.get("subject", ""),
-        }
+        return {**mc_conversation(row["question"], choices, answer), "subject": row.get("subject", "")}

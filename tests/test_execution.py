@@ -10,7 +10,6 @@ import gzip
 import json
 import os
 import socket
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
