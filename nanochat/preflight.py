@@ -136,9 +136,10 @@ def preflight(config: GPTConfig, device_batch_size: int, seq_len: int, world_siz
 def plan_run(config: GPTConfig, device_batch_size: int, seq_len: int, world_size: int, dtype: torch.dtype,
              compiled: bool, device: torch.device, args: argparse.Namespace, plan: dict[str, object]) -> None:
     """
-    A training script's preflight: print the plan; PreflightError when it will not fit the device
+    A training script's preflight: print the plan (its precision line added here); PreflightError when it will not fit the device
     (unless --skip_preflight), and with --dry_run, PlanOnly once the plan is printed.
     """
+    plan = {**plan, "precision": f"{dtype}, compile {'on' if compiled else 'off'}, device {device}"}
     preflight(config, device_batch_size, seq_len, world_size, dtype, compiled, device, plan,
               enforce=not args.skip_preflight)
     if args.dry_run:

@@ -7,7 +7,9 @@ the stages to come):
   (pretraining, mid-training) or over every target token of the step (SFT, RL);
 - StepLog: one log line per step, and the loop state a resumed run carries on;
 - TrainingLoop: where a stage's loop starts (fresh or resumed), when an evaluation or a save
-  is due, what a resumed run skips, and the save itself.
+  is due, what a resumed run skips, and the save itself;
+- start_stage, build_optimizers: what every stage after pretraining sets up alike (the ranks,
+  the wandb run, the checkpoint it starts from, its optimizers at --init_lr_frac).
 
 Each script keeps its flags, data, learning-rate schedule, evaluations and results, so its
 main reads top to bottom: parse the flags, set up, loop, report. Elsewhere: nanochat.precision
@@ -21,16 +23,20 @@ import argparse
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import compute_cleanup, get_dist_info, print0
+from nanochat.checkpoint_manager import load_model
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, init_wandb, print0
 from nanochat.errors import NonFiniteLossError
+from nanochat.gpt import GPT
 from nanochat.precision import peak_memory_mib
 from nanochat.report import get_report
 from nanochat.resume import ResumeState, resume_if_asked, save_training_checkpoint
+from nanochat.schedules import scale_learning_rates
 
 
 def grad_accum_steps_for(total_batch_size: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
@@ -42,6 +48,49 @@ def grad_accum_steps_for(total_batch_size: int, device_batch_size: int, seq_len:
             f"= {device_batch_size} × {seq_len} × {world_size} = {tokens_per_micro_step}"
         )
     return total_batch_size // tokens_per_micro_step
+
+
+# ---- starting a stage from a checkpoint ----
+
+
+@dataclass
+class StageStart:
+    """What a stage that trains from a checkpoint has before its own data: its rank, device, wandb run, and model."""
+
+    device_type: str
+    rank: int
+    world_size: int
+    device: torch.device
+    wandb_run: Any
+    model: GPT
+    tokenizer: Any
+    source_meta: dict[str, Any]
+
+    @property
+    def model_tag(self) -> str:
+        """The source's tag, also when load_model chose it: the stage saves under the same one."""
+        return self.source_meta["model_tag"]
+
+    def frozen_source(self, args: argparse.Namespace) -> GPT:
+        """A second, frozen copy of the source checkpoint: the reference of a KL penalty or of DPO."""
+        reference, _, _ = load_model(args.source, self.device, "eval", self.model_tag, args.model_step)
+        return reference.requires_grad_(False)
+
+
+def start_stage(args: argparse.Namespace, wandb_project: str) -> StageStart:
+    """Join the ranks (torchrun) or run alone, open the wandb run, and load --source for training."""
+    device_type = args.device_type or autodetect_device_type()
+    _, rank, _, world_size, device = compute_init(device_type)
+    wandb_run = init_wandb(args.run, wandb_project, vars(args), rank == 0)
+    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
+    return StageStart(device_type, rank, world_size, device, wandb_run, model, tokenizer, source_meta)
+
+
+def build_optimizers(model: GPT, args: argparse.Namespace) -> list[torch.optim.Optimizer]:
+    """The model's optimizers from the stage's learning-rate flags, started at --init_lr_frac of them."""
+    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
+    scale_learning_rates(optimizers, args.init_lr_frac)
+    return optimizers
 
 
 # ---- the training step ----

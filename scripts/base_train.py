@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> dict:
         "model": f"{model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}",
         "steps": f"{num_iterations:,} of {tokens_per_step:,} tokens; {num_iterations * tokens_per_step / num_params:.1f} tokens/param",
         "batch": f"{grad_accum_steps} micro-batches of {B}×{T} on each of {world_size} ranks",
-        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     model.to_empty(device=device)
     model.init_weights()

@@ -25,15 +25,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_init, get_dist_info, init_wandb, print0, script_main
+from nanochat.checkpoint_manager import checkpoint_dir_for
+from nanochat.common import get_dist_info, print0, script_main
 from nanochat.preference import (LOSSES, my_pairs, pair_batch, pair_schedule, preference_loader, preference_loss,
                                  reference_logprobs, sequence_logprobs, token_kl)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.schedules import apply_schedule, scale_learning_rates
+from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run
+from nanochat.training import (StepBatches, StepLog, TrainingLoop, all_reduce_mean, build_optimizers, finish_run,
+                               start_stage)
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
 from tasks.preferences import PreferencePairs
 
@@ -111,27 +112,22 @@ def evaluate(model: torch.nn.Module, reference_model: torch.nn.Module, val_set: 
 @script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device_type = args.device_type or autodetect_device_type()
-    ddp, rank, _, world_size, device = compute_init(device_type)
-    dtype = resolve_dtype(device_type, args.dtype)
-    autocast = autocast_context(device_type, dtype)
-    wandb_run = init_wandb(args.run, "nanochat-dpo", vars(args), rank == 0)
-    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
+    stage = start_stage(args, "nanochat-dpo")
+    model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
+    dtype = resolve_dtype(stage.device_type, args.dtype)
+    autocast = autocast_context(stage.device_type, dtype)
     # the frozen reference is the source checkpoint itself, also when a resumed policy has moved on
-    reference_model, _, _ = load_model(args.source, device, "eval", model_tag, args.model_step)
-    reference_model.requires_grad_(False)
-    checkpoint_dir = checkpoint_dir_for("dpo", model_tag)
+    reference_model = stage.frozen_source(args)
+    checkpoint_dir = checkpoint_dir_for("dpo", stage.model_tag)
     max_len = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size
     schedule = pair_schedule(args, world_size)
     train_set, val_set, num_iterations = schedule.train_set, schedule.val_set, schedule.num_iterations
-    use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rows are padded per batch
+    use_compile = wants_compile(args.compile, stage.device_type, fixed_shapes=False)  # rows are padded per batch
     plan_run(model.config, 2 * B, max_len, world_size, dtype, use_compile, device, args, {
-        "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters, and its frozen copy as the reference",
+        "model": f"{stage.model_tag} from {args.source}: {model.num_params():,} parameters, and its frozen copy as the reference",
         **schedule.plan(args, world_size),
         "loss": f"{args.loss}, beta {args.beta}" + (f", gamma {args.gamma}" if args.loss == "simpo" else ""),
-        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     t0 = time.perf_counter()
     train_reference = reference_logprobs(reference_model, train_set, my_pairs(train_set), tokenizer, B, max_len, device, autocast)
@@ -139,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     print0(f"reference log-probabilities of {len(train_reference) + len(val_reference):,} pairs on rank 0 "
            f"in {time.perf_counter() - t0:.1f}s")
     train_model = compile_model(model, use_compile, fixed_shapes=False)
-    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    scale_learning_rates(optimizers, args.init_lr_frac)
+    optimizers = build_optimizers(model, args)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
     log = StepLog(0, world_size=world_size)
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             metrics = evaluate(model, reference_model, val_set, val_reference, tokenizer, B, max_len, autocast, args)
             model.train()
             for name, value in metrics.items():
-                wandb_run.log(log.eval(step, name, value))
+                stage.wandb_run.log(log.eval(step, name, value))
         if loop.save_due(step, last):
             loop.save(step, model, optimizers, data_state, **metrics)
         if last:
@@ -169,13 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
         stats, data_state = dpo_step(train_model, optimizers, batches, autocast, args)
         dt = time.perf_counter() - t0
         loss, tokens = stats.pop("loss"), stats.pop("tokens")  # tok/s counts reply tokens, as SFT's counts targets
-        wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
+        stage.wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
         step += 1
 
     results = {"steps": num_iterations, **metrics, "final_smooth_loss": log.smooth_loss,
                "training_time_min": log.state["total_time"] / 60,
                "skipped_pairs": sum(train_set.skipped.values()) + sum(val_set.skipped.values())}
-    finish_run(results, device, STAGES["dpo"].section, args, device_type, wandb_run, log.state["evals"])
+    finish_run(results, device, STAGES["dpo"].section, args, stage.device_type, stage.wandb_run, log.state["evals"])
     return results
 
 

@@ -24,8 +24,8 @@ from functools import partial
 
 import torch
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_init, get_dist_info, init_wandb, script_main
+from nanochat.checkpoint_manager import checkpoint_dir_for
+from nanochat.common import get_dist_info, script_main
 from nanochat.engine import Engine
 from nanochat.errors import PreflightError
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
@@ -33,9 +33,10 @@ from nanochat.preflight import plan_run
 from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, all_reduce_sum, answer_text,
                          group_advantages, k3_kl, parse_tasks, pass_at_k, policy_loss, rollout_batches, rollout_statistics,
                          sample_answers, sequence_weights, shape_rewards)
-from nanochat.schedules import apply_schedule, scale_learning_rates
+from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
-from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_run, train_step_token_normalized
+from nanochat.training import (StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage,
+                               train_step_token_normalized)
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 
 REFILL_KEYS = 1 << 40  # dynamic sampling's fresh problems are numbered from here: never a regular slot's number
@@ -133,20 +134,16 @@ def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, p
 @script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device_type = args.device_type or autodetect_device_type()
-    ddp, rank, _, world_size, device = compute_init(device_type)
-    dtype = resolve_dtype(device_type, args.dtype)
-    autocast = autocast_context(device_type, dtype)
-    wandb_run = init_wandb(args.run, "nanochat-rl", vars(args), rank == 0)
+    weights = parse_tasks(args.tasks)
+    stage = start_stage(args, "nanochat-rl")
+    model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
     if args.examples_per_step % world_size:
         raise PreflightError(f"--examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
-    weights = parse_tasks(args.tasks)
-    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
+    dtype = resolve_dtype(stage.device_type, args.dtype)
+    autocast = autocast_context(stage.device_type, dtype)
     # the frozen reference of the KL: the source checkpoint itself (a resumed run loads it again, unchanged)
-    ref_model, _, _ = load_model(args.source, device, "eval", args.model_tag, args.model_step)
-    ref_model.requires_grad_(False)
-    model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
-    checkpoint_dir = checkpoint_dir_for("rl", model_tag)
+    ref_model = stage.frozen_source(args)
+    checkpoint_dir = checkpoint_dir_for("rl", stage.model_tag)
     train_tasks = {name: REWARD_TASKS[name]("train") for name in weights}
     test_tasks = {name: REWARD_TASKS[name]("test") for name in weights}
     sampler = ProblemSampler(train_tasks, weights)
@@ -160,20 +157,18 @@ def main(argv: list[str] | None = None) -> dict:
         kl_coef=args.kl_coef, top_k=args.top_k, temperature=args.temperature,
         # sampling from what is trained (full distribution, temperature 1) needs no correction
         tis_cap=args.tis_cap if (args.top_k or args.temperature != 1.0) else 0.0)
-    use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rollouts differ in length
+    use_compile = wants_compile(args.compile, stage.device_type, fixed_shapes=False)  # rollouts differ in length
     plan_run(model.config, args.device_batch_size, model.config.sequence_len, world_size, dtype, use_compile, device,
              args, {
-        "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
+        "model": f"{stage.model_tag} from {args.source}: {model.num_params():,} parameters",
         "tasks": ", ".join(f"{n} ({len(t):,} train problems)" for n, t in train_tasks.items()),
         "steps": f"{num_iterations:,} of {args.examples_per_step} problems × {args.num_samples} samples, "
                  f"{updates_per_step} update(s) each",
         "batch": f"rows of at most {model.config.sequence_len} tokens, {args.device_batch_size} per forward pass "
                  f"on each of {world_size} ranks",
-        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     train_model = compile_model(model, use_compile, fixed_shapes=False)
-    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    scale_learning_rates(optimizers, args.init_lr_frac)
+    optimizers = build_optimizers(model, args)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
     log = StepLog(0, world_size=world_size)  # tok/s from each step's count of sampled tokens
@@ -193,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
                 evals = evaluate(engine, tokenizer, test_tasks, args, pool)
             model.train()
             for name, value in evals.items():
-                wandb_run.log(log.eval(step, name, value))
+                stage.wandb_run.log(log.eval(step, name, value))
         if loop.save_due(step, last):
             # the data position is the step itself: step s draws problems s·examples_per_step onwards
             loop.save(step, model, optimizers, {"next_step": step}, evals=evals)
@@ -205,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.eval()
         groups, sampled, refills = [], [], 0
         for j in range(per_rank):
-            key = step * args.examples_per_step + rank + j * world_size
+            key = step * args.examples_per_step + stage.rank + j * world_size
             while True:
                 name, task, index = sampler(key)
                 seed = args.seed + 1_000_003 * step + 1009 * index + 7 * refills
@@ -219,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if refills == args.max_refills:  # out of fresh problems: this slot trains on nothing
                     break
                 # a fresh problem, numbered apart from every regular slot and every other rank's refills
-                key = REFILL_KEYS + (step * world_size + rank) * (args.max_refills + 1) + refills
+                key = REFILL_KEYS + (step * world_size + stage.rank) * (args.max_refills + 1) + refills
                 refills += 1
         advantages = group_advantages([shape_rewards(g.rewards, g.truncated, args.overlong) for g in groups],
                                       args.adv_norm, device)
@@ -276,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for name, value in metrics.items():
             log.track(step, name, value)  # the report's curves
-        wandb_run.log(log.step(step, num_iterations, loss.item(), dt, lrm, tokens=num_tokens,
+        stage.wandb_run.log(log.step(step, num_iterations, loss.item(), dt, lrm, tokens=num_tokens,
                                **metrics))  # a NaN loss ends the run here
         step += 1
 
@@ -286,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
                "mean_reward_first_step": rewards[0][1] if rewards else None,
                "mean_reward_last_step": rewards[-1][1] if rewards else None,
                "training_time_min": log.state["total_time"] / 60}
-    finish_run(results, device, STAGES["rl"].section, args, device_type, wandb_run, log.state["evals"])
+    finish_run(results, device, STAGES["rl"].section, args, stage.device_type, stage.wandb_run, log.state["evals"])
     return results
 
 

@@ -23,14 +23,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint_manager import load_model
-from nanochat.common import autodetect_device_type, compute_init, get_dist_info, init_wandb, script_main
+from nanochat.common import get_dist_info, script_main
 from nanochat.preference import (as_reward_model, bradley_terry_loss, my_pairs, pair_batch, pair_schedule, preference_loader,
                                  reply_rewards, reward_dir)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.schedules import apply_schedule, scale_learning_rates
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run
+from nanochat.schedules import apply_schedule
+from nanochat.training import (StepBatches, StepLog, TrainingLoop, all_reduce_mean, build_optimizers, finish_run,
+                               start_stage)
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
 from tasks.preferences import PreferencePairs
 
@@ -94,29 +94,24 @@ def evaluate(model: torch.nn.Module, val_set: PreferencePairs, tokenizer: Any, B
 @script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device_type = args.device_type or autodetect_device_type()
-    ddp, rank, _, world_size, device = compute_init(device_type)
-    dtype = resolve_dtype(device_type, args.dtype)
-    autocast = autocast_context(device_type, dtype)
-    wandb_run = init_wandb(args.run, "nanochat-rm", vars(args), rank == 0)
-    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    model = as_reward_model(model)  # the same trunk, one score instead of the next-token logits
-    model_tag = source_meta["model_tag"]
-    checkpoint_dir = reward_dir(model_tag)
+    stage = start_stage(args, "nanochat-rm")
+    tokenizer, device, world_size = stage.tokenizer, stage.device, stage.world_size
+    dtype = resolve_dtype(stage.device_type, args.dtype)
+    autocast = autocast_context(stage.device_type, dtype)
+    model = as_reward_model(stage.model)  # the same trunk, one score instead of the next-token logits
+    checkpoint_dir = reward_dir(stage.model_tag)
     max_len = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size
     schedule = pair_schedule(args, world_size)
     train_set, val_set, num_iterations = schedule.train_set, schedule.val_set, schedule.num_iterations
-    use_compile = wants_compile(args.compile, device_type, fixed_shapes=False)  # rows are padded per batch
+    use_compile = wants_compile(args.compile, stage.device_type, fixed_shapes=False)  # rows are padded per batch
     plan_run(model.config, 2 * B, max_len, world_size, dtype, use_compile, device, args, {
-        "model": f"{model_tag} from {args.source} with a scalar head: {model.num_params():,} parameters",
+        "model": f"{stage.model_tag} from {args.source} with a scalar head: {model.num_params():,} parameters",
         **schedule.plan(args, world_size),
         "loss": f"Bradley–Terry + {args.center_coef} × (r_chosen + r_rejected)²",
-        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     train_model = compile_model(model, use_compile, fixed_shapes=False)
-    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    scale_learning_rates(optimizers, args.init_lr_frac)
+    optimizers = build_optimizers(model, args)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations, "reward_model": True}
     log = StepLog(0, world_size=world_size)
@@ -133,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             metrics = evaluate(model, val_set, tokenizer, B, max_len, autocast, args.center_coef)
             model.train()
             for name, value in metrics.items():
-                wandb_run.log(log.eval(step, name, value))
+                stage.wandb_run.log(log.eval(step, name, value))
         if loop.save_due(step, last):
             loop.save(step, model, optimizers, data_state, **metrics)
         if last:
@@ -145,13 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
         stats, data_state = rm_step(train_model, optimizers, batches, autocast, args.center_coef)
         dt = time.perf_counter() - t0
         loss, tokens = stats.pop("loss"), stats.pop("tokens")  # tok/s counts reply tokens
-        wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
+        stage.wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
         step += 1
 
     results = {"steps": num_iterations, **metrics, "final_smooth_loss": log.smooth_loss,
                "training_time_min": log.state["total_time"] / 60,
                "skipped_pairs": sum(train_set.skipped.values()) + sum(val_set.skipped.values())}
-    finish_run(results, device, REPORT_SECTION, args, device_type, wandb_run, log.state["evals"])
+    finish_run(results, device, REPORT_SECTION, args, stage.device_type, stage.wandb_run, log.state["evals"])
     return results
 
 

@@ -15,16 +15,17 @@ import argparse
 import sys
 import time
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_init, init_wandb, print0, script_main
+from nanochat.checkpoint_manager import checkpoint_dir_for
+from nanochat.common import print0, script_main
 from nanochat.dataloader import sft_loader
 from nanochat.loss_eval import evaluate_loss
 from nanochat.precision import autocast_context, choose_precision, compile_model
 from nanochat.preflight import plan_run
-from nanochat.schedules import apply_schedule, scale_learning_rates
+from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
 from nanochat.task_eval import evaluate_categorical
-from nanochat.training import StepBatches, StepLog, TrainingLoop, finish_run, train_step_token_normalized
+from nanochat.training import (StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage,
+                               train_step_token_normalized)
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.arc import ARC
 from tasks.common import TaskMixture
@@ -79,12 +80,9 @@ def build_datasets(smoltalk_size: int, spelling_size: int, max_conversations: in
 @script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device_type = args.device_type or autodetect_device_type()
-    ddp, rank, _, world_size, device = compute_init(device_type)
-    wandb_run = init_wandb(args.run, "nanochat-sft", vars(args), rank == 0)
-    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
-    checkpoint_dir = checkpoint_dir_for("sft", model_tag)
+    stage = start_stage(args, "nanochat-sft")
+    model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
+    checkpoint_dir = checkpoint_dir_for("sft", stage.model_tag)
     max_len = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size
     examples_per_micro_step = B * world_size
@@ -98,20 +96,18 @@ def main(argv: list[str] | None = None) -> dict:
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
     # rows are padded per batch: never compiled by default, so the run's length does not matter
-    precision = choose_precision(device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
+    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
     print0(precision.describe())  # the run's first line: what it computes in, and why
     dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(device_type, dtype)
+    autocast = autocast_context(stage.device_type, dtype)
     plan_run(model.config, B, max_len, world_size, dtype, use_compile, device, args, {
-        "model": f"{model_tag} from {args.source}: {model.num_params():,} parameters",
+        "model": f"{stage.model_tag} from {args.source}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations, each on its own row of at most {max_len} tokens",
         "steps": f"{num_iterations:,} of {args.target_examples_per_step} conversations",
         "batch": f"{grad_accum_steps} micro-batches of {B} on each of {world_size} ranks",
-        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     train_model = compile_model(model, use_compile, fixed_shapes=False)
-    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    scale_learning_rates(optimizers, args.init_lr_frac)
+    optimizers = build_optimizers(model, args)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
     log = StepLog(0, world_size=world_size)  # tok/s from each step's count of target tokens
@@ -131,14 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
             val_batches = sft_loader(val_set, tokenizer, B, max_len, device, loop=True)
             val_loss = evaluate_loss(model, val_batches, args.eval_steps, autocast)
             model.train()
-            wandb_run.log(log.eval(step, "val_loss", val_loss))
+            stage.wandb_run.log(log.eval(step, "val_loss", val_loss))
         if loop.eval_due(step, args.eval_metrics_every, last):
             model.eval()
             with autocast:
                 for name, task in metric_tasks.items():
                     metrics[name] = evaluate_categorical(task, model, tokenizer, batch_size=B * 2,
                                                          max_problems=args.eval_metrics_max_problems)
-                    wandb_run.log(log.eval(step, f"{name}_acc", metrics[name]))
+                    stage.wandb_run.log(log.eval(step, f"{name}_acc", metrics[name]))
             model.train()
         if loop.save_due(step, last):
             loop.save(step, model, optimizers, data_state, val_loss=val_loss)
@@ -152,12 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
         loss_value = loss.item()
         dt = time.perf_counter() - t0
         # tok/s counts target tokens; a NaN loss ends the run here
-        wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm, tokens=num_tokens))
+        stage.wandb_run.log(log.step(step, num_iterations, loss_value, dt, lrm, tokens=num_tokens))
         step += 1
 
     results = {"steps": num_iterations, "final_val_loss": val_loss, **{f"{k}_acc": v for k, v in metrics.items()},
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
-    finish_run(results, device, STAGES["sft"].section, args, device_type, wandb_run, log.state["evals"])
+    finish_run(results, device, STAGES["sft"].section, args, stage.device_type, stage.wandb_run, log.state["evals"])
     return results
 
 

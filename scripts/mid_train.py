@@ -15,16 +15,17 @@ import time
 
 import torch
 
-from nanochat.checkpoint_manager import checkpoint_dir_for, load_model
-from nanochat.common import autodetect_device_type, compute_init, init_wandb, print0, script_main
+from nanochat.checkpoint_manager import checkpoint_dir_for
+from nanochat.common import print0, script_main
 from nanochat.dataloader import packed_conversation_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
 from nanochat.preflight import plan_run
-from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum, scale_learning_rates
+from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
 from nanochat.stages import STAGES
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import StepBatches, StepLog, TrainingLoop, all_reduce_mean, finish_run, grad_accum_steps_for, train_step
+from nanochat.training import (StepBatches, StepLog, TrainingLoop, all_reduce_mean, build_optimizers, finish_run,
+                               grad_accum_steps_for, start_stage, train_step)
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 from tasks.common import TaskMixture
 from tasks.customjson import CustomJSON, get_identity_conversations
@@ -76,36 +77,31 @@ def lr_for_progress(step: int, num_iterations: int, progress: float) -> float:
 @script_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device_type = args.device_type or autodetect_device_type()
-    ddp, rank, _, world_size, device = compute_init(device_type)
-    wandb_run = init_wandb(args.run, "nanochat-mid", vars(args), rank == 0)
-    model, tokenizer, source_meta = load_model(args.source, device, "train", args.model_tag, args.model_step)
-    model_tag = source_meta["model_tag"]  # the source's tag, also when load_model chose it
-    checkpoint_dir = checkpoint_dir_for("mid", model_tag)
+    stage = start_stage(args, "nanochat-mid")
+    model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
+    checkpoint_dir = checkpoint_dir_for("mid", stage.model_tag)
     T = args.max_seq_len or model.config.sequence_len
     B = args.device_batch_size
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     train_set, val_set = build_mixtures(args.spelling_size, args.max_conversations)
     # packed rows: always B×T; -1 iterations is a pass over the mixture
-    precision = choose_precision(device_type, args.dtype, args.compile, fixed_shapes=True,
+    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=True,
                                  train_tokens=args.num_iterations * args.total_batch_size
                                  if args.num_iterations > 0 else None)
     print0(precision.describe())  # the run's first line: what it computes in, and why
     dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(device_type, dtype)
+    autocast = autocast_context(stage.device_type, dtype)
     plan_run(model.config, B, T, world_size, dtype, use_compile, device, args, {
-        "model": f"{model_tag} from {args.source} step {source_meta['step']}: {model.num_params():,} parameters",
+        "model": f"{stage.model_tag} from {args.source} step {stage.source_meta['step']}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations packed into rows of {T} tokens",
         "steps": f"{args.num_iterations:,} of {args.total_batch_size:,} tokens" if args.num_iterations > 0
                  else f"one pass over the data, {args.total_batch_size:,} tokens a step",
         "batch": f"{grad_accum_steps} micro-batches of {B}×{T} on each of {world_size} ranks",
-        "precision": f"{dtype}, compile {'on' if use_compile else 'off'}, device {device}",
     })
     train_model = compile_model(model, use_compile, fixed_shapes=True)
-    optimizers = model.setup_optimizers(args.unembedding_lr, args.embedding_lr, args.matrix_lr, args.weight_decay)
-    scale_learning_rates(optimizers, args.init_lr_frac)
+    optimizers = build_optimizers(model, args)
 
-    run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": source_meta["step"]}
+    run_meta = {"model_config": vars(model.config), "num_iterations": args.num_iterations, "source_step": stage.source_meta["step"]}
     log = StepLog(args.total_batch_size, model.estimate_flops(), peak_flops(device), world_size)
     # the source's step is recorded, not compared: a resumed run's weights come from its own checkpoint
     loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log,
@@ -131,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             val_batches = packed_conversation_loader(val_set, tokenizer, B, T, device, loop=True)
             val_bpb = evaluate_bpb(train_model, val_batches, eval_steps, token_bytes, autocast)  # same shapes: compiled
             model.train()
-            wandb_run.log(log.eval(step, "val_bpb", val_bpb))
+            stage.wandb_run.log(log.eval(step, "val_bpb", val_bpb))
         if loop.save_due(step, last):
             loop.save(step, model, optimizers, data_state, val_bpb=val_bpb)
         if last:
@@ -145,14 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
         dt = time.perf_counter() - t0
         # the mean over ranks: every rank must set the same learning rate on its optimizer shard
         progress = all_reduce_mean(torch.tensor(data_state["progress"], dtype=torch.float64, device=device)).item()
-        wandb_run.log(log.step(step, args.num_iterations if args.num_iterations > 0 else None, loss_value, dt, lrm,
+        stage.wandb_run.log(log.step(step, args.num_iterations if args.num_iterations > 0 else None, loss_value, dt, lrm,
                                progress=progress))  # a NaN loss ends the run here
         step += 1
 
     val_history = [v for _, v in log.history("val_bpb")]
     results = {"steps": step, "initial_val_bpb": val_history[0], "final_val_bpb": val_bpb,
                "final_smooth_loss": log.smooth_loss, "training_time_min": log.state["total_time"] / 60}
-    finish_run(results, device, STAGES["mid"].section, args, device_type, wandb_run, log.state["evals"])
+    finish_run(results, device, STAGES["mid"].section, args, stage.device_type, stage.wandb_run, log.state["evals"])
     return results
 
 
