@@ -598,7 +598,8 @@ def tiny_app(tiny_tokenizer):
     from nanochat.engine import Engine
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.chat import LoadedModel
-    from scripts.chat_web import Settings, Worker, create_app
+    from nanochat.serving import Settings, Worker
+    from scripts.chat_web import create_app
 
     model = GPT(GPTConfig(sequence_len=40, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
     model.init_weights()
@@ -704,3 +705,18 @@ def test_a_body_the_models_refuse_is_a_400_naming_the_field(tiny_app, body, para
     r = tiny_app.post("/v1/chat/completions", content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+
+
+def test_each_request_logs_one_line_and_a_refusal_says_why(tiny_app, monkeypatch):
+    import nanochat.serving as serving
+
+    lines = []
+    monkeypatch.setattr(serving.logger, "info", lambda message, *args: lines.append(message % args))
+    tiny_app.post("/v1/chat/completions", json={"messages": []})
+    tiny_app.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
+    tiny_app.get("/health")
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("POST /v1/chat/completions 400 ") and lines[0].endswith(": 'messages' is empty; send at least one user message")
+    # a generation logs its own line, with its tokens, instead of the request log's
+    assert lines[1].startswith("POST /v1/chat/completions 200 - prompt=") and "completion=2 finish=length" in lines[1]
+    assert lines[2].startswith("GET /health 200 ")
