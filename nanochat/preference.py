@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nanochat.checkpoint_manager import COMPILED_PREFIX, find_largest_model, find_last_step, load_checkpoint
@@ -30,7 +32,9 @@ from nanochat.common import get_base_dir, get_dist_info
 from nanochat.dataloader import rank_batches
 from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.schedules import apply_schedule
 from nanochat.tokenizer import get_tokenizer
+from nanochat.training import all_reduce_mean
 from tasks.preferences import PreferencePairs, preference_datasets
 
 LOSSES = ("sigmoid", "ipo", "simpo")
@@ -155,6 +159,93 @@ def preference_loader(dataset: Any, tokenizer: Any, B: int, max_len: int,
         ref = None if reference is None else torch.tensor(
             [reference[i][0] for i in batch] + [reference[i][1] for i in batch], device=device)
         yield inputs, targets, ref, state
+
+
+# ---- what chat_dpo and chat_rm share: the step, the held-out sums, the loop ----
+
+# a micro-batch's statistics from (inputs, targets, the reference's log-probs or None):
+# "loss", the mean over its pairs with its graph, first, then any scalars to log
+PairStats = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
+
+
+def pair_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: Any,
+              pair_stats: PairStats) -> tuple[dict[str, float], Any]:
+    """
+    One optimizer step over the next micro-batches of pairs (a training.StepBatches): the loss
+    is the mean over every pair of the step (each micro-batch holds the same number of pairs,
+    and the optimizers average the ranks). Returns the step's statistics, means over the step
+    and the ranks but "tokens", the step's reply tokens, and the data state.
+    """
+    micro_batches = batches.take()
+    n = len(micro_batches)
+    sums: torch.Tensor | None = None
+    for inputs, targets, reference, data_state in micro_batches:
+        stats = pair_stats(inputs, targets, reference)
+        (stats["loss"] / n).backward()
+        batches.fetch_one()  # overlap the next step's data loading with this backward
+        # the reply tokens times n, so that the mean below over micro-batches and ranks times the ranks is the total
+        values = torch.stack([*stats.values(), (targets >= 0).sum() * n]).detach()
+        sums = values if sums is None else sums + values
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    means = all_reduce_mean(sums / n)
+    metrics = dict(zip([*stats, "tokens"], means.tolist()))
+    metrics["tokens"] *= get_dist_info()[3]
+    return metrics, data_state
+
+
+@torch.no_grad()
+def held_out_sums(dataset: Any, tokenizer: Any, B: int, max_len: int, device: torch.device, names: Sequence[str],
+                  chunk_sums: Callable[[list[int], torch.Tensor, torch.Tensor], list[torch.Tensor]]
+                  ) -> tuple[dict[str, float], float]:
+    """
+    Sums over every rank's share of held-out pairs, B at a time: chunk_sums(pair indices,
+    inputs, targets) gives one sum per name. Returns the sums over all ranks and the pair count.
+    """
+    totals = torch.zeros(len(names) + 1, device=device)
+    mine = my_pairs(dataset)
+    for k in range(0, len(mine), B):
+        chunk = mine[k : k + B]
+        inputs, targets = pair_batch([dataset[i] for i in chunk], tokenizer, max_len, device)
+        totals += torch.stack([*chunk_sums(chunk, inputs, targets), torch.tensor(float(len(chunk)), device=device)])
+    if get_dist_info()[0]:
+        dist.all_reduce(totals)  # a rank with no pairs still joins, with zeros
+    *sums, pairs = totals.tolist()
+    return dict(zip(names, sums)), pairs
+
+
+def train_on_pairs(loop: Any, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: Any,
+                   num_iterations: int, step_fn: Callable[[], tuple[dict[str, float], Any]],
+                   evaluate: Callable[[], dict[str, float]], log: Any, wandb_run: Any, args: argparse.Namespace
+                   ) -> dict[str, float]:
+    """
+    chat_dpo's and chat_rm's loop (a training.TrainingLoop, the same bookkeeping as every
+    stage's): held-out metrics every --eval_every steps and at the end, saves, the learning
+    rate linear to zero, one step_fn() a step. Returns the last held-out metrics.
+    """
+    step, metrics, data_state = loop.start.step, {}, loop.start.data_state
+    while True:
+        last = step == num_iterations or not batches.have_next_step()
+        if loop.eval_due(step, args.eval_every, last):
+            model.eval()
+            metrics = evaluate()
+            model.train()
+            for name, value in metrics.items():
+                wandb_run.log(log.eval(step, name, value))
+        if loop.save_due(step, last):
+            loop.save(step, model, optimizers, data_state, **metrics)
+        if last:
+            return metrics
+
+        lrm = 1.0 - step / num_iterations  # linear to zero
+        apply_schedule(optimizers, lrm)
+        t0 = time.perf_counter()
+        stats, data_state = step_fn()
+        dt = time.perf_counter() - t0
+        loss, tokens = stats.pop("loss"), stats.pop("tokens")  # tok/s counts reply tokens, as SFT's counts targets
+        wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
+        step += 1
 
 
 # ---- the losses ----

@@ -23,18 +23,15 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import get_dist_info, print0, script_main
-from nanochat.preference import (LOSSES, my_pairs, pair_batch, pair_schedule, preference_loader, preference_loss,
-                                 reference_logprobs, sequence_logprobs, token_kl)
+from nanochat.common import print0, script_main
+from nanochat.preference import (LOSSES, held_out_sums, my_pairs, pair_schedule, pair_step, preference_loader,
+                                 preference_loss, reference_logprobs, sequence_logprobs, token_kl, train_on_pairs)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
-from nanochat.training import (StepBatches, StepLog, TrainingLoop, all_reduce_mean, build_optimizers, finish_run,
-                               start_stage)
+from nanochat.training import StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
 from tasks.preferences import PreferencePairs
 
@@ -49,48 +46,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def dpo_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: StepBatches,
-             autocast: contextlib.AbstractContextManager, args: argparse.Namespace) -> tuple[dict[str, float], Any]:
-    """
-    One optimizer step over the next micro-batches of pairs: the loss is the mean over every
-    pair of the step (each micro-batch holds the same number of pairs, and the optimizers
-    average the ranks). Returns the step's metrics, the same on every rank, and the data state.
-    """
-    micro_batches = batches.take()
-    # loss, accuracy, margin, chosen and rejected log-probs, reply tokens: summed over micro-batches for logging
-    stats = torch.zeros(6, device=next(model.parameters()).device)
-    for inputs, targets, reference, data_state in micro_batches:
+def dpo_stats(model: torch.nn.Module, autocast: contextlib.AbstractContextManager, args: argparse.Namespace):
+    """A micro-batch's DPO loss and what to log of it: accuracy, margin, chosen and rejected log-probs (pair_step)."""
+    def stats(inputs: torch.Tensor, targets: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast:
             policy, lengths = sequence_logprobs(model, inputs, targets)
         out = preference_loss(args.loss, args.beta, policy, reference, lengths, args.gamma)
-        loss = out.losses.mean()
-        (loss / len(micro_batches)).backward()
-        batches.fetch_one()  # overlap the next step's data loading with this backward
         B = len(out.losses)
-        stats += torch.stack([loss, out.accuracy, out.margin, policy[:B].mean(), policy[B:].mean(),
-                              lengths.sum() * len(micro_batches)]).detach()
-    for opt in optimizers:
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    stats = all_reduce_mean(stats / len(micro_batches))
-    names = ("loss", "accuracy", "margin", "chosen_logp", "rejected_logp", "tokens")
-    metrics = dict(zip(names, stats.tolist()))
-    metrics["tokens"] *= get_dist_info()[3]  # the mean over ranks back to the step's total
-    return metrics, data_state
+        return {"loss": out.losses.mean(), "accuracy": out.accuracy, "margin": out.margin,
+                "chosen_logp": policy[:B].mean(), "rejected_logp": policy[B:].mean()}
+    return stats
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, reference_model: torch.nn.Module, val_set: PreferencePairs,
              reference: dict[int, tuple[float, float]], tokenizer: Any, B: int, max_len: int,
              autocast: contextlib.AbstractContextManager, args: argparse.Namespace) -> dict[str, float]:
     """Held-out preference metrics over every rank's share of val_set, and the KL to the reference per reply token."""
     device = next(model.parameters()).device
-    # sums of: loss, correct pairs, margin, chosen and rejected log-probs, KL; pairs; reply tokens
-    totals = torch.zeros(8, device=device)
-    mine = my_pairs(val_set)
-    for k in range(0, len(mine), B):
-        chunk = mine[k : k + B]
-        inputs, targets = pair_batch([val_set[i] for i in chunk], tokenizer, max_len, device)
+
+    def chunk_sums(chunk: list[int], inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
         with autocast:
             # the log-probs as the reference's were computed (same function, same chunks), the logits for the KL
             policy, _ = sequence_logprobs(model, inputs, targets)
@@ -98,15 +72,13 @@ def evaluate(model: torch.nn.Module, reference_model: torch.nn.Module, val_set: 
         ref = torch.tensor([reference[i][0] for i in chunk] + [reference[i][1] for i in chunk], device=device)
         out = preference_loss(args.loss, args.beta, policy, ref, (targets >= 0).sum(1), args.gamma)
         n = len(chunk)
-        totals += torch.stack([out.losses.sum(), out.accuracy * n, out.margin * n, policy[:n].sum(), policy[n:].sum(),
-                               token_kl(logits, ref_logits, targets), torch.tensor(float(n), device=device),
-                               (targets >= 0).sum().float()])
-    if get_dist_info()[0]:
-        dist.all_reduce(totals)
-    loss, correct, margin, chosen, rejected, kl, pairs, tokens = totals.tolist()
-    pairs = max(pairs, 1)
-    return {"val_loss": loss / pairs, "val_accuracy": correct / pairs, "val_margin": margin / pairs,
-            "val_chosen_logp": chosen / pairs, "val_rejected_logp": rejected / pairs, "val_kl": kl / max(tokens, 1)}
+        return [out.losses.sum(), out.accuracy * n, out.margin * n, policy[:n].sum(), policy[n:].sum(),
+                token_kl(logits, ref_logits, targets), (targets >= 0).sum().float()]
+
+    names = ("loss", "accuracy", "margin", "chosen_logp", "rejected_logp", "kl", "tokens")
+    sums, pairs = held_out_sums(val_set, tokenizer, B, max_len, device, names, chunk_sums)
+    tokens = max(sums.pop("tokens"), 1)
+    return {f"val_{k}": v / (tokens if k == "kl" else max(pairs, 1)) for k, v in sums.items()}
 
 
 @script_main
@@ -144,28 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
     batches = StepBatches(preference_loader(train_set, tokenizer, B, max_len, train_reference, device, loop=True,
                                             resume_state=data_state), schedule.grad_accum_steps)
 
-    step, metrics = loop.start.step, {}
-    while True:
-        last = step == num_iterations or not batches.have_next_step()
-        if loop.eval_due(step, args.eval_every, last):
-            model.eval()
-            metrics = evaluate(model, reference_model, val_set, val_reference, tokenizer, B, max_len, autocast, args)
-            model.train()
-            for name, value in metrics.items():
-                stage.wandb_run.log(log.eval(step, name, value))
-        if loop.save_due(step, last):
-            loop.save(step, model, optimizers, data_state, **metrics)
-        if last:
-            break
-
-        lrm = 1.0 - step / num_iterations  # linear to zero
-        apply_schedule(optimizers, lrm)
-        t0 = time.perf_counter()
-        stats, data_state = dpo_step(train_model, optimizers, batches, autocast, args)
-        dt = time.perf_counter() - t0
-        loss, tokens = stats.pop("loss"), stats.pop("tokens")  # tok/s counts reply tokens, as SFT's counts targets
-        stage.wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
-        step += 1
+    train_stats = dpo_stats(train_model, autocast, args)
+    metrics = train_on_pairs(
+        loop, model, optimizers, batches, num_iterations,
+        step_fn=lambda: pair_step(train_model, optimizers, batches, train_stats),
+        evaluate=lambda: evaluate(model, reference_model, val_set, val_reference, tokenizer, B, max_len, autocast, args),
+        log=log, wandb_run=stage.wandb_run, args=args)
 
     results = {"steps": num_iterations, **metrics, "final_smooth_loss": log.smooth_loss,
                "training_time_min": log.state["total_time"] / 60,

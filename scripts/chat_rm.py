@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from nanochat.common import get_dist_info, script_main
-from nanochat.preference import (as_reward_model, bradley_terry_loss, my_pairs, pair_batch, pair_schedule, preference_loader,
-                                 reply_rewards, reward_dir)
+from nanochat.common import script_main
+from nanochat.preference import (as_reward_model, bradley_terry_loss, held_out_sums, pair_schedule, pair_step,
+                                 preference_loader, reply_rewards, reward_dir, train_on_pairs)
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.schedules import apply_schedule
-from nanochat.training import (StepBatches, StepLog, TrainingLoop, all_reduce_mean, build_optimizers, finish_run,
-                               start_stage)
+from nanochat.training import StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
 from tasks.preferences import PreferencePairs
 
@@ -45,50 +41,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rm_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: StepBatches,
-            autocast: contextlib.AbstractContextManager, center_coef: float) -> tuple[dict[str, float], Any]:
-    """One optimizer step, the loss a mean over the step's pairs; its metrics (the same on every rank) and the data state."""
-    micro_batches = batches.take()
-    # loss, accuracy, margin, reply tokens: summed over micro-batches for logging
-    stats = torch.zeros(4, device=next(model.parameters()).device)
-    for inputs, targets, _, data_state in micro_batches:
+def rm_stats(model: torch.nn.Module, autocast: contextlib.AbstractContextManager, center_coef: float):
+    """A micro-batch's Bradley–Terry loss and what to log of it: pairwise accuracy and margin (pair_step)."""
+    def stats(inputs: torch.Tensor, targets: torch.Tensor, _reference: None) -> dict[str, torch.Tensor]:
         with autocast:
             out = bradley_terry_loss(reply_rewards(model, inputs, targets), center_coef)
-        loss = out.losses.mean()
-        (loss / len(micro_batches)).backward()
-        batches.fetch_one()  # overlap the next step's data loading with this backward
-        stats += torch.stack([loss, out.accuracy, out.margin, (targets >= 0).sum() * len(micro_batches)]).detach()
-    for opt in optimizers:
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    stats = all_reduce_mean(stats / len(micro_batches))
-    metrics = dict(zip(("loss", "accuracy", "margin", "tokens"), stats.tolist()))
-    metrics["tokens"] *= get_dist_info()[3]  # the mean over ranks back to the step's total
-    return metrics, data_state
+        return {"loss": out.losses.mean(), "accuracy": out.accuracy, "margin": out.margin}
+    return stats
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, val_set: PreferencePairs, tokenizer: Any, B: int, max_len: int,
              autocast: contextlib.AbstractContextManager, center_coef: float) -> dict[str, float]:
     """Held-out pairwise accuracy, margin and loss over every rank's share of val_set."""
-    device = next(model.parameters()).device
-    totals = torch.zeros(5, device=device)  # sums of: loss, correct pairs, margin, scores; pairs
-    mine = my_pairs(val_set)
-    for k in range(0, len(mine), B):
-        chunk = mine[k : k + B]
-        inputs, targets = pair_batch([val_set[i] for i in chunk], tokenizer, max_len, device)
+    def chunk_sums(chunk: list[int], inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
         with autocast:
             rewards = reply_rewards(model, inputs, targets)
         out = bradley_terry_loss(rewards, center_coef)
         n = len(chunk)
-        totals += torch.stack([out.losses.sum(), out.accuracy * n, out.margin * n, rewards.sum(),
-                               torch.tensor(float(n), device=device)])
-    if get_dist_info()[0]:
-        dist.all_reduce(totals)
-    loss, correct, margin, scores, pairs = totals.tolist()
+        return [out.losses.sum(), out.accuracy * n, out.margin * n, rewards.sum()]
+
+    device = next(model.parameters()).device
+    sums, pairs = held_out_sums(val_set, tokenizer, B, max_len, device, ("loss", "accuracy", "margin", "scores"), chunk_sums)
     pairs = max(pairs, 1)
-    return {"val_loss": loss / pairs, "val_accuracy": correct / pairs, "val_margin": margin / pairs,
-            "val_mean_score": scores / (2 * pairs)}
+    return {"val_loss": sums["loss"] / pairs, "val_accuracy": sums["accuracy"] / pairs, "val_margin": sums["margin"] / pairs,
+            "val_mean_score": sums["scores"] / (2 * pairs)}
 
 
 @script_main
@@ -120,28 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
     batches = StepBatches(preference_loader(train_set, tokenizer, B, max_len, None, device, loop=True,
                                             resume_state=data_state), schedule.grad_accum_steps)
 
-    step, metrics = loop.start.step, {}
-    while True:
-        last = step == num_iterations or not batches.have_next_step()
-        if loop.eval_due(step, args.eval_every, last):
-            model.eval()
-            metrics = evaluate(model, val_set, tokenizer, B, max_len, autocast, args.center_coef)
-            model.train()
-            for name, value in metrics.items():
-                stage.wandb_run.log(log.eval(step, name, value))
-        if loop.save_due(step, last):
-            loop.save(step, model, optimizers, data_state, **metrics)
-        if last:
-            break
-
-        lrm = 1.0 - step / num_iterations  # linear to zero
-        apply_schedule(optimizers, lrm)
-        t0 = time.perf_counter()
-        stats, data_state = rm_step(train_model, optimizers, batches, autocast, args.center_coef)
-        dt = time.perf_counter() - t0
-        loss, tokens = stats.pop("loss"), stats.pop("tokens")  # tok/s counts reply tokens
-        stage.wandb_run.log(log.step(step, num_iterations, loss, dt, lrm, tokens=int(tokens), **stats))
-        step += 1
+    train_stats = rm_stats(train_model, autocast, args.center_coef)
+    metrics = train_on_pairs(
+        loop, model, optimizers, batches, num_iterations,
+        step_fn=lambda: pair_step(train_model, optimizers, batches, train_stats),
+        evaluate=lambda: evaluate(model, val_set, tokenizer, B, max_len, autocast, args.center_coef),
+        log=log, wandb_run=stage.wandb_run, args=args)
 
     results = {"steps": num_iterations, **metrics, "final_smooth_loss": log.smooth_loss,
                "training_time_min": log.state["total_time"] / 60,
