@@ -104,11 +104,13 @@ class PairSchedule:
 def pair_schedule(args: argparse.Namespace, world_size: int) -> PairSchedule:
     """The pairs the flags name and the number of steps: --num_iterations, or --num_epochs over the train pairs."""
     pairs_per_micro_step = args.device_batch_size * world_size
+    if args.twin_kinds and (args.data_files or args.val_data_files):
+        raise PreferenceRunError("--twin_kinds picks pairs of the offline twin: drop it, or drop --data_files")
     if args.target_pairs_per_step % pairs_per_micro_step:
         raise PreferenceRunError(f"--target_pairs_per_step={args.target_pairs_per_step} is not a multiple of "
                                  f"device_batch_size × world_size = {pairs_per_micro_step}")
     train_set, val_set = preference_datasets(args.dataset, args.data_files, args.val_data_files, args.max_pairs,
-                                             args.eval_pairs)
+                                             args.eval_pairs, args.twin_kinds)
     if len(train_set) < pairs_per_micro_step or len(val_set) == 0:
         raise PreferenceRunError(f"too few well-formed pairs to train on ({train_set.summary()}; {val_set.summary()})")
     num_iterations = args.num_iterations
@@ -197,22 +199,31 @@ def pair_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], b
 
 @torch.no_grad()
 def held_out_sums(dataset: Any, tokenizer: Any, B: int, max_len: int, device: torch.device, names: Sequence[str],
-                  chunk_sums: Callable[[list[int], torch.Tensor, torch.Tensor], list[torch.Tensor]]
-                  ) -> tuple[dict[str, float], float]:
+                  chunk_sums: Callable[[list[int], torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
+                  ) -> tuple[dict[str, float], float, dict[str, float]]:
     """
     Sums over every rank's share of held-out pairs, B at a time: chunk_sums(pair indices,
-    inputs, targets) gives one sum per name. Returns the sums over all ranks and the pair count.
+    inputs, targets) gives one sum per name and whether each pair was ranked right. Returns the
+    sums over all ranks, the pair count, and the accuracy per kind of pair (the twin's kinds;
+    empty when the pairs have none).
     """
-    totals = torch.zeros(len(names) + 1, device=device)
+    kinds = sorted({dataset[i]["kind"] for i in range(len(dataset)) if "kind" in dataset[i]})
+    totals = torch.zeros(len(names) + 1 + 2 * len(kinds), device=device)  # names, pairs, right and count per kind
     mine = my_pairs(dataset)
     for k in range(0, len(mine), B):
         chunk = mine[k : k + B]
         inputs, targets = pair_batch([dataset[i] for i in chunk], tokenizer, max_len, device)
-        totals += torch.stack([*chunk_sums(chunk, inputs, targets), torch.tensor(float(len(chunk)), device=device)])
+        sums, right = chunk_sums(chunk, inputs, targets)
+        of_kind = torch.tensor([[dataset[i].get("kind") == kind for i in chunk] for kind in kinds], device=device,
+                               dtype=torch.float32).reshape(len(kinds), len(chunk))
+        totals += torch.cat([torch.stack([*sums, torch.tensor(float(len(chunk)), device=device)]),
+                             of_kind @ right.float(), of_kind.sum(1)])
     if get_dist_info()[0]:
         dist.all_reduce(totals)  # a rank with no pairs still joins, with zeros
-    *sums, pairs = totals.tolist()
-    return dict(zip(names, sums)), pairs
+    values = totals.tolist()
+    right_by_kind, count_by_kind = values[len(names) + 1 :][: len(kinds)], values[len(names) + 1 + len(kinds) :]
+    by_kind = {kind: r / max(c, 1) for kind, r, c in zip(kinds, right_by_kind, count_by_kind)}
+    return dict(zip(names, values[: len(names)])), values[len(names)], by_kind
 
 
 def train_on_pairs(loop: Any, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: Any,
@@ -260,9 +271,14 @@ class PreferenceLoss:
     rejected_rewards: torch.Tensor
 
     @property
+    def right(self) -> torch.Tensor:
+        """Per pair, whether the chosen reply has the higher reward (a tie counts as wrong)."""
+        return self.chosen_rewards > self.rejected_rewards
+
+    @property
     def accuracy(self) -> torch.Tensor:
-        """The fraction of pairs whose chosen reply has the higher reward (a tie counts as wrong)."""
-        return (self.chosen_rewards > self.rejected_rewards).float().mean()
+        """The fraction of pairs ranked right."""
+        return self.right.float().mean()
 
     @property
     def margin(self) -> torch.Tensor:
@@ -371,3 +387,26 @@ def score_conversation(model: GPT, tokenizer: Any, conversation: dict, max_len: 
     inputs, targets = final_reply_row(conversation, tokenizer, max_len or model.config.sequence_len)
     device = model.lm_head.weight.device
     return reply_rewards(model, torch.tensor([inputs], device=device), torch.tensor([targets], device=device)).item()
+
+
+# ---- scoring many conversations (chat_rl --reward_model) ----
+
+
+@torch.no_grad()
+def score_conversations(model: GPT, tokenizer: Any, conversations: Sequence[dict], batch_size: int,
+                        max_len: int | None = None) -> list[float]:
+    """
+    score_conversation of each conversation, batch_size of them per forward pass. Rows are
+    right-padded: the trunk is causal, so the padding after a reply cannot change its score.
+    """
+    max_len = max_len or model.config.sequence_len
+    device = model.lm_head.weight.device
+    pad = tokenizer.get_bos_token_id()
+    scores: list[float] = []
+    for start in range(0, len(conversations), batch_size):
+        rows = [final_reply_row(c, tokenizer, max_len) for c in conversations[start : start + batch_size]]
+        width = max(len(inputs) for inputs, _ in rows)
+        inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows], dtype=torch.long, device=device)
+        targets = torch.tensor([y + [-1] * (width - len(y)) for _, y in rows], dtype=torch.long, device=device)
+        scores += reply_rewards(model, inputs, targets).tolist()  # one device sync per batch
+    return scores

@@ -73,12 +73,13 @@ def evaluate(model: torch.nn.Module, reference_model: torch.nn.Module, val_set: 
         out = preference_loss(args.loss, args.beta, policy, ref, (targets >= 0).sum(1), args.gamma)
         n = len(chunk)
         return [out.losses.sum(), out.accuracy * n, out.margin * n, policy[:n].sum(), policy[n:].sum(),
-                token_kl(logits, ref_logits, targets), (targets >= 0).sum().float()]
+                token_kl(logits, ref_logits, targets), (targets >= 0).sum().float()], out.right
 
     names = ("loss", "accuracy", "margin", "chosen_logp", "rejected_logp", "kl", "tokens")
-    sums, pairs = held_out_sums(val_set, tokenizer, B, max_len, device, names, chunk_sums)
+    sums, pairs, by_kind = held_out_sums(val_set, tokenizer, B, max_len, device, names, chunk_sums)
     tokens = max(sums.pop("tokens"), 1)
-    return {f"val_{k}": v / (tokens if k == "kl" else max(pairs, 1)) for k, v in sums.items()}
+    return {**{f"val_{k}": v / (tokens if k == "kl" else max(pairs, 1)) for k, v in sums.items()},
+            **{f"val_accuracy/{k}": v for k, v in by_kind.items()}}
 
 
 @script_main

@@ -58,13 +58,14 @@ def evaluate(model: torch.nn.Module, val_set: PreferencePairs, tokenizer: Any, B
             rewards = reply_rewards(model, inputs, targets)
         out = bradley_terry_loss(rewards, center_coef)
         n = len(chunk)
-        return [out.losses.sum(), out.accuracy * n, out.margin * n, rewards.sum()]
+        return [out.losses.sum(), out.accuracy * n, out.margin * n, rewards.sum()], out.right
 
     device = next(model.parameters()).device
-    sums, pairs = held_out_sums(val_set, tokenizer, B, max_len, device, ("loss", "accuracy", "margin", "scores"), chunk_sums)
+    names = ("loss", "accuracy", "margin", "scores")
+    sums, pairs, by_kind = held_out_sums(val_set, tokenizer, B, max_len, device, names, chunk_sums)
     pairs = max(pairs, 1)
     return {"val_loss": sums["loss"] / pairs, "val_accuracy": sums["accuracy"] / pairs, "val_margin": sums["margin"] / pairs,
-            "val_mean_score": sums["scores"] / (2 * pairs)}
+            "val_mean_score": sums["scores"] / (2 * pairs), **{f"val_accuracy/{k}": v for k, v in by_kind.items()}}
 
 
 @script_main

@@ -129,14 +129,30 @@ def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error(f"--max_tokens must be >= 1, got {args.max_tokens}")
 
 
+def twin_kinds(text: str) -> tuple[str, ...]:
+    """--twin_kinds: a comma-separated list of the preference twin's perturbation kinds."""
+    from tasks.preferences import PERTURBATIONS  # here: the scripts that chat need not load the tasks
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in PERTURBATIONS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"expected kinds among {','.join(PERTURBATIONS)}, got {text!r}")
+    return kinds
+
+
 def add_preference_args(p: argparse.ArgumentParser, eval_what: str) -> None:
     """chat_dpo's and chat_rm's data, batch and cadence flags: which pairs, how many per step, how often to evaluate."""
+    from tasks.preferences import PERTURBATIONS
+
     p.add_argument("--dataset", default="ultrafeedback", choices=["ultrafeedback", "hh-rlhf"],
                    help="the pairs' hub format (offline: the preference twin either way)")
     p.add_argument("--data_files", action="append", default=None, metavar="PATH",
                    help="train pairs from local JSONL/parquet files with the hub's columns (default: the hub's train split)")
     p.add_argument("--val_data_files", action="append", default=None, metavar="PATH",
                    help="held-out pairs from local files (default: the hub's test split)")
+    p.add_argument("--twin_kinds", type=twin_kinds, default=None, metavar="KIND,KIND",
+                   help=f"train on the offline twin's pairs of only these kinds, of {','.join(PERTURBATIONS)}; "
+                        "held-out pairs keep every kind, with accuracy per kind (default: the --dataset's pairs)")
     p.add_argument("--max_pairs", type=int, default=0, help="train on only the first N pairs (0: all)")
     p.add_argument("--device_batch_size", type=positive_int, default=4, help="pairs per forward pass (2 rows each)")
     p.add_argument("--target_pairs_per_step", type=positive_int, default=32, help="pairs per step, all ranks")

@@ -98,6 +98,11 @@ class PreferencePairs(Task):
 # UltraFeedback (binarized): prompt plus two message lists
 
 
+def with_kind(pair: dict, row: dict) -> dict:
+    """The pair, with the twin's perturbation kind where its row has one: held-out accuracy is also reported per kind."""
+    return {**pair, "kind": row["kind"]} if row.get("kind") else pair
+
+
 def ultrafeedback_pair(row: dict) -> dict:
     """A pair from an UltraFeedback row: the prompt is the chosen list up to its final reply."""
     for key in ("chosen", "rejected"):
@@ -109,7 +114,7 @@ def ultrafeedback_pair(row: dict) -> dict:
     if [dict(m) for m in chosen[:-1]] != [dict(m) for m in rejected[:-1]]:
         raise ValueError("chosen and rejected have different prompts")
     messages = [{"role": m["role"], "content": m["content"]} for m in chosen[:-1]]
-    return {"messages": messages, "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    return with_kind({"messages": messages, "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}, row)
 
 
 class UltraFeedback(PreferencePairs):
@@ -158,7 +163,7 @@ def hh_pair(row: dict) -> dict:
         raise ValueError("a transcript does not end with an assistant reply")
     if chosen[:-1] != rejected[:-1]:
         raise ValueError("chosen and rejected have different prompts")
-    return {"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    return with_kind({"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}, row)
 
 
 class HHRLHF(PreferencePairs):
@@ -166,7 +171,7 @@ class HHRLHF(PreferencePairs):
         if split not in ("train", "test"):
             raise ValueError(f"HH-RLHF split must be 'train' or 'test', not {split!r}")
         rows = load_rows("Anthropic/hh-rlhf", None, split, data_files, offline, lambda: [
-            {"chosen": write_transcript(r["chosen"]), "rejected": write_transcript(r["rejected"])}
+            {"chosen": write_transcript(r["chosen"]), "rejected": write_transcript(r["rejected"]), "kind": r["kind"]}
             for r in preference_twin(split)])
         super().__init__(f"HH-RLHF {split}", rows, hh_pair, **kwargs)
 
@@ -269,7 +274,16 @@ PREFERENCE_DATASETS = {"ultrafeedback": UltraFeedback, "hh-rlhf": HHRLHF}
 
 
 def preference_datasets(dataset: str, data_files: Any = None, val_data_files: Any = None, max_pairs: int = 0,
-                        eval_pairs: int | None = None) -> tuple[PreferencePairs, PreferencePairs]:
-    """The train pairs (the first max_pairs; 0: all) and eval_pairs held-out ones of a hub format, or of local files."""
+                        eval_pairs: int | None = None, twin_kinds: Sequence[str] | None = None
+                        ) -> tuple[PreferencePairs, PreferencePairs]:
+    """
+    The train pairs (the first max_pairs; 0: all) and eval_pairs held-out ones of a hub format,
+    or of local files; with twin_kinds, the offline twin's, training only on those kinds while
+    the held-out pairs keep every kind (does what it learned carry over to a kind it never saw?).
+    """
+    if twin_kinds:
+        if data_files or val_data_files:
+            raise ValueError("twin_kinds picks pairs of the offline twin; it cannot apply to --data_files")
+        return PreferenceTwin("train", kinds=twin_kinds, stop=max_pairs or None), PreferenceTwin("test", stop=eval_pairs)
     task = PREFERENCE_DATASETS[dataset]
     return task("train", data_files=data_files, stop=max_pairs or None), task("test", data_files=val_data_files, stop=eval_pairs)

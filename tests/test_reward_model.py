@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from nanochat.preference import (as_reward_model, bradley_terry_loss, load_reward_model, pair_batch, reply_rewards,
-                                 score_conversation, with_reply)
+from nanochat.preference import (as_reward_model, bradley_terry_loss, held_out_sums, load_reward_model, pair_batch,
+                                 reply_rewards, score_conversation, with_reply)
 from scripts import chat_rm
-from tasks.preferences import PreferenceTwin
+from tasks.preferences import PERTURBATIONS, PreferenceTwin, preference_datasets
 from tiny import resume_matches, tiny_gpt
 
 
@@ -62,3 +62,34 @@ def test_a_short_run_learns_and_the_model_loads_by_tag(sft_checkpoint):
 def test_chat_rm_resumes_bitwise(sft_checkpoint):
     args = RM_ARGS + ["--num_iterations=4", "--save_every=2", "--eval_every=-1", "--max_pairs=24"]
     resume_matches(chat_rm.main, args, sft_checkpoint / "chatrm_checkpoints" / "d1", 4, 2)
+
+
+def test_held_out_accuracy_per_kind_matches_a_count_by_hand(tiny_tokenizer):
+    model = as_reward_model(tiny_gpt(tiny_tokenizer.get_vocab_size(), 512, jitter=0.05))
+    with torch.no_grad():
+        model.lm_head.weight.normal_()
+    pairs = PreferenceTwin("test", size=13)  # kinds in turn, so uneven counts per kind
+    right: dict[str, list[bool]] = {}
+    for i in range(len(pairs)):
+        pair = pairs[i]
+        chosen, rejected = (score_conversation(model, tiny_tokenizer, with_reply(pair, pair[k])) for k in ("chosen", "rejected"))
+        right.setdefault(pair["kind"], []).append(chosen > rejected)
+
+    def chunk_sums(chunk, inputs, targets):
+        out = bradley_terry_loss(reply_rewards(model, inputs, targets))
+        return [out.accuracy * len(chunk)], out.right
+
+    sums, count, by_kind = held_out_sums(pairs, tiny_tokenizer, 4, 512, torch.device("cpu"), ["accuracy"], chunk_sums)
+    assert count == 13 and sums["accuracy"] == pytest.approx(sum(map(sum, right.values())))
+    assert by_kind == pytest.approx({kind: sum(r) / len(r) for kind, r in right.items()})
+
+
+def test_twin_kinds_trains_on_those_kinds_and_reports_every_kind_held_out(sft_checkpoint):
+    results = chat_rm.main(RM_ARGS + ["--num_iterations=2", "--eval_every=-1", "--twin_kinds=refusal,truncated"])
+    assert {k for k in results if k.startswith("val_accuracy/")} == {f"val_accuracy/{k}" for k in PERTURBATIONS}
+    train, _ = preference_datasets("ultrafeedback", twin_kinds=("refusal", "truncated"), max_pairs=50)
+    assert {train[i]["kind"] for i in range(len(train))} == {"refusal", "truncated"}
+    with pytest.raises(SystemExit, match="--twin_kinds picks pairs of the offline twin"):
+        chat_rm.main(RM_ARGS + ["--twin_kinds=refusal", "--data_files=pairs.jsonl"])
+    with pytest.raises(SystemExit):  # an unknown kind is an argparse error
+        chat_rm.main(RM_ARGS + ["--twin_kinds=rudeness"])
