@@ -47,8 +47,13 @@ def slugify(text: str) -> str:
 # each stage's sections, from the registry: a stage's column in the summary table is shown once
 # it (or a later stage) has logged any of them
 STAGE_SECTIONS = {name: [slugify(title) for title in stage.sections] for name, stage in STAGES.items()}
+# what DPO (and RL with --reward_model) read, made after SFT: the on-policy pairs (chat_pref_data)
+# and the reward model (chat_rm); not stages of their own, as neither is a model to chat with
+PREFERENCE_SECTIONS = ["preference-data", "reward-model"]
 # pipeline order; sections not listed here come after, alphabetically
-SECTION_ORDER = ["header", "tokenizer-training", "tokenizer-evaluation", *(s for slugs in STAGE_SECTIONS.values() for s in slugs)]
+SECTION_ORDER = ["header", "tokenizer-training", "tokenizer-evaluation",
+                 *(s for name, slugs in STAGE_SECTIONS.items()
+                   for s in ([*PREFERENCE_SECTIONS, *slugs] if name == "dpo" else slugs))]
 CHATCORE_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]  # as tasks.EVAL_TASK_NAMES
 CHAT_METRICS = [*CHATCORE_TASKS, "ChatCORE"]
 SUMMARY_METRICS = ["CORE", *CHAT_METRICS]
@@ -62,7 +67,7 @@ CORE_KEYS = ["CORE metric", "core_metric"]
 NOTABLE_CHANGE = 0.02
 # a stage whose section is logged again replaces it (its model replaced the earlier one); any
 # other section logged again (an evaluation run by hand) gets a section of its own
-TRAINING_SECTIONS = {"tokenizer-training", *(slugify(stage.section) for stage in STAGES.values())}
+TRAINING_SECTIONS = {"tokenizer-training", *PREFERENCE_SECTIONS, *(slugify(stage.section) for stage in STAGES.values())}
 AGAIN = "-again-"  # slug of an extra run's section: <slug>-again-<n>
 OFFLINE_DATASET = "synthetic"
 RL_LOSS_NOTE = (
