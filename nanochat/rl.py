@@ -6,7 +6,8 @@ The pieces of RL on verifiable rewards that chat_rl puts together, each testable
 - rollouts: a group of answers to one problem, told apart as finished or cut at max_new_tokens,
   with the sampled stop token kept so that stopping can be learned;
 - rewards, scored in a bounded pool of threads (a HumanEval reward runs the code in a sandbox
-  process whose wall-clock timeout bounds its cost, so a pool of N bounds how many run at once);
+  process whose wall-clock timeout bounds its cost, so a pool of N bounds how many run at once),
+  and, against a reward model, its score mixed in (each answer as the conversation it completes);
 - advantages (group-relative, optionally divided by the group's or the batch's std);
 - the policy loss: REINFORCE as nanochat ships it, or with the knobs of modern GRPO (a ratio to
   the rollout policy clipped to [1-clip_low, 1+clip_high], a truncated importance weight for
@@ -20,7 +21,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -114,7 +115,17 @@ class Group:
     rows: list[list[int]]
     masks: list[list[int]]  # 1 on sampled tokens, 0 on the prompt and forced tool output
     truncated: list[bool]  # cut at max_new_tokens instead of stopping
-    rewards: list[float]
+    rewards: list[float]  # what the advantages are computed from
+    conversation: dict | None = None  # the problem (its last message the task's reference answer)
+    prompt_len: int = 0  # where each row's answer starts
+    # with a reward model: the verifier's rewards and the model's scores that `rewards` mixes
+    task_rewards: list[float] | None = None
+    rm_scores: list[float] | None = None
+
+    @property
+    def verifier_rewards(self) -> list[float]:
+        """The task's own rewards, whether or not a reward model's score was mixed into `rewards`."""
+        return self.rewards if self.task_rewards is None else self.task_rewards
 
     @property
     def zero_variance(self) -> bool:
@@ -147,12 +158,51 @@ def sample_answers(engine: Engine, prompt: list[int], num_samples: int, max_toke
     return rows, masks, [not s for s in stopped]
 
 
-def answer_text(tokenizer, row: list[int], prompt_len: int, stop_tokens: set[int]) -> str:
-    """The decoded answer, without the stop token the row may end with."""
+def answer_tokens(row: list[int], prompt_len: int, stop_tokens: set[int]) -> list[int]:
+    """A row's answer, without the stop token the row may end with."""
     answer = row[prompt_len:]
     if answer and answer[-1] in stop_tokens:
         answer = answer[:-1]
-    return tokenizer.decode(answer)
+    return answer
+
+
+def answer_text(tokenizer, row: list[int], prompt_len: int, stop_tokens: set[int]) -> str:
+    """The decoded answer (what a task's reward reads), without the stop token the row may end with."""
+    return tokenizer.decode(answer_tokens(row, prompt_len, stop_tokens))
+
+
+def answer_content(tokenizer, answer: list[int]) -> str | list[dict]:
+    """
+    An answer's tokens as an assistant message's content, such that rendering the message gives
+    back the tool tokens the model sampled: its text, or, where it called the calculator, a list
+    of text, python and python_output parts (render_conversation writes their delimiters back;
+    decoded as text, the delimiters would be re-encoded as ordinary characters).
+    """
+    opens = {tokenizer.encode_special("<|python_start|>"): "python",
+             tokenizer.encode_special("<|output_start|>"): "python_output"}
+    closes = {tokenizer.encode_special("<|python_end|>"), tokenizer.encode_special("<|output_end|>")}
+    parts: list[dict] = []
+    kind, run = "text", []
+    for token in [*answer, None]:  # None: the end, which closes the last run
+        if token is not None and token not in opens and token not in closes:
+            run.append(token)
+            continue
+        if run or kind != "text":  # an empty call is still a call; an empty text run is nothing
+            parts.append({"type": kind, "text": tokenizer.decode(run)})
+        kind, run = opens.get(token, "text"), []
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def answer_conversations(group: Group, tokenizer, stop_tokens: set[int]) -> list[dict]:
+    """Each answer of the group as the conversation it completes: the problem's prompt, then the answer as the reply."""
+    if group.conversation is None:
+        raise ValueError("the group does not hold its problem's conversation: sample it with sample_group")
+    prompt = group.conversation["messages"][:-1]
+    return [{"messages": [*prompt, {"role": "assistant",
+                                    "content": answer_content(tokenizer, answer_tokens(row, group.prompt_len, stop_tokens))}]}
+            for row in group.rows]
 
 
 class RewardPool:
@@ -170,6 +220,37 @@ class RewardPool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How sample_group draws a group's answers (the temperature is the caller's: evaluations draw greedily too)."""
+
+    max_new_tokens: int
+    top_k: int | None
+    batch_size: int  # most answers in one forward pass
+    keep_stop: bool = True  # keep the sampled stop token in the row, so that training on it teaches when to stop
+
+
+def sample_group(engine: Engine, tokenizer, task_name: str, task: Task, index: int, num_samples: int,
+                 sampling: SamplingConfig, seed: int, temperature: float, pool: RewardPool) -> Group:
+    """num_samples answers to one problem, sampling.batch_size at a time, each chunk with its own seed, and their rewards."""
+    conversation = task[index]
+    prompt = tokenizer.render_for_completion(conversation)
+    rows, masks, truncated = [], [], []
+    for chunk, start in enumerate(range(0, num_samples, sampling.batch_size)):
+        n = min(sampling.batch_size, num_samples - start)
+        r, m, t = sample_answers(engine, prompt, n, sampling.max_new_tokens, temperature, sampling.top_k, seed + chunk,
+                                 keep_stop=sampling.keep_stop)
+        rows, masks, truncated = rows + r, masks + m, truncated + t
+    answers = [answer_text(tokenizer, row, len(prompt), engine.stop_tokens) for row in rows]
+    return Group(task_name, rows, masks, truncated, pool.score(task, conversation, answers), conversation, len(prompt))
+
+
+def mix_rewards(group: Group, scores: list[float], task_weight: float, rm_weight: float) -> Group:
+    """The group rewarded task_weight · its task's reward + rm_weight · a reward model's score, both kept for the log."""
+    rewards = [task_weight * t + rm_weight * s for t, s in zip(group.rewards, scores, strict=True)]
+    return replace(group, rewards=rewards, task_rewards=group.rewards, rm_scores=scores)
 
 
 def shape_rewards(rewards: list[float], truncated: list[bool], overlong: str) -> list[float]:

@@ -4,6 +4,12 @@ mixture of tasks (GSM8K, spelling, HumanEval, ARC), reward the right ones with e
 verifier, and push up the log-probability of each answer by its advantage (its reward minus
 its group's mean), a group-relative policy gradient in the style of GRPO.
 
+With --reward_model=TAG a reward model trained by chat_rm scores every answer too (its
+conversation rendered whole), and the reward is --task_weight × the task's + --rm_weight × the
+model's score (--task_weight=0: the reward model alone); the KL penalty to the source is then on
+by default, and each step logs the reward model's score beside the task rewards and the answer
+length, so reward hacking (score and length up while the task reward falls) shows in the log.
+
 With no knob set this is nanochat's simplified on-policy REINFORCE. The knobs of modern GRPO
 (--kl_coef, --ppo_epochs/--num_minibatches with ratio clipping, --adv_norm, --loss_agg,
 --dynamic_sampling, --overlong) are each off by default; two defaults differ from nanochat's:
@@ -11,6 +17,7 @@ the sampled stop token is trained (--train_stop_token=0 switches it off) and sam
 full distribution (--top_k unset; when set, a truncated importance weight corrects for it).
 
     python -m scripts.chat_rl --tasks=GSM8K:2,SpellingBee
+    python -m scripts.chat_rl --reward_model=d20 --task_weight=0.5
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_rl -- --run=rl
 
 Starts from chatsft_checkpoints/ (or --source), saves to chatrl_checkpoints/<model_tag>/.
@@ -30,9 +37,10 @@ from nanochat.engine import Engine
 from nanochat.errors import PreflightError
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
-from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, all_reduce_sum, answer_text,
-                         group_advantages, k3_kl, parse_tasks, pass_at_k, policy_loss, rollout_batches, rollout_statistics,
-                         sample_answers, sequence_weights, shape_rewards)
+from nanochat.preference import load_reward_model, score_conversations
+from nanochat.rl import (REWARD_TASKS, LossConfig, ProblemSampler, RewardPool, SamplingConfig, all_reduce_sum,
+                         answer_conversations, group_advantages, k3_kl, mix_rewards, parse_tasks, pass_at_k, policy_loss,
+                         rollout_batches, rollout_statistics, sample_group, sequence_weights, shape_rewards)
 from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
 from nanochat.training import (StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage,
@@ -40,6 +48,9 @@ from nanochat.training import (StepBatches, StepLog, TrainingLoop, build_optimiz
 from scripts.flags import ArgumentParser, add_stage_args, positive_int
 
 REFILL_KEYS = 1 << 40  # dynamic sampling's fresh problems are numbered from here: never a regular slot's number
+# --kl_coef when --reward_model is given and --kl_coef is not: a learned reward can be gamed, and the
+# KL to the source is what keeps the policy near the replies the reward model was trained to judge
+RM_KL_COEF = 0.05
 
 
 def optional_top_k(value: str) -> int | None:
@@ -64,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num_epochs", type=int, default=1, help="passes over the tasks' train problems (when --num_iterations is -1)")
     p.add_argument("--num_iterations", type=int, default=-1, help="steps (-1: from --num_epochs)")
     # the knobs of modern GRPO, each off by default
-    p.add_argument("--kl_coef", type=float, default=0.0, help="k3 KL penalty to the source checkpoint, in the loss")
+    p.add_argument("--kl_coef", type=float, default=None,
+                   help=f"k3 KL penalty to the source checkpoint, in the loss (default: 0, or {RM_KL_COEF} with --reward_model)")
     p.add_argument("--ppo_epochs", type=positive_int, default=1, help="passes over each rollout")
     p.add_argument("--num_minibatches", type=positive_int, default=1, help="optimizer updates per pass over a rollout")
     p.add_argument("--clip_low", type=float, default=0.2, help="ratio clipped below at 1-clip_low (when updates > 1)")
@@ -79,32 +91,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overlong", choices=("none", "mask", "penalty"), default="none",
                    help="answers cut at --max_new_tokens: as any other, left out of the loss, or their reward minus 1")
     p.add_argument("--reward_workers", type=positive_int, default=4, help="rewards scored at once (HumanEval: sandboxes)")
+    # a learned reward beside (or instead of) the tasks' verifiers
+    p.add_argument("--reward_model", default=None, metavar="TAG",
+                   help="also score answers with chat_rm's reward model of this tag (default: none)")
+    p.add_argument("--reward_model_step", type=int, default=None, help="the reward model's checkpoint step (default: the last)")
+    p.add_argument("--rm_weight", type=float, default=1.0, help="weight of the reward model's score in the reward")
+    p.add_argument("--task_weight", type=float, default=1.0,
+                   help="weight of the task's reward when a reward model scores too (0: the reward model alone)")
     # evaluation
     p.add_argument("--eval_every", type=int, default=60, help="pass@k on the tasks' test problems every N steps (-1: only at the end)")
     p.add_argument("--eval_examples", type=int, default=400, help="test problems per task and evaluation")
     p.add_argument("--eval_samples", type=positive_int, default=8, help="samples per test problem for pass@k")
     p.add_argument("--save_every", type=int, default=60, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    return p.parse_args(argv)
-
-
-def sample_group(engine: Engine, tokenizer, task_name: str, task, index: int, num_samples: int, args: argparse.Namespace,
-                 seed: int, temperature: float, pool: RewardPool) -> Group:
-    """num_samples answers to one problem, device_batch_size at a time, each chunk with its own seed, and their rewards."""
-    conversation = task[index]
-    prompt = tokenizer.render_for_completion(conversation)
-    rows, masks, truncated = [], [], []
-    for chunk, start in enumerate(range(0, num_samples, args.device_batch_size)):
-        n = min(args.device_batch_size, num_samples - start)
-        r, m, t = sample_answers(engine, prompt, n, args.max_new_tokens, temperature, args.top_k, seed + chunk,
-                                 keep_stop=bool(args.train_stop_token))
-        rows, masks, truncated = rows + r, masks + m, truncated + t
-    answers = [answer_text(tokenizer, row, len(prompt), engine.stop_tokens) for row in rows]
-    return Group(task_name, rows, masks, truncated, pool.score(task, conversation, answers))
+    args = p.parse_args(argv)
+    if args.kl_coef is None:
+        args.kl_coef = RM_KL_COEF if args.reward_model else 0.0
+    if not args.reward_model and (args.rm_weight != 1.0 or args.task_weight != 1.0):
+        p.error("--rm_weight and --task_weight weigh a reward model's score against the task's: add --reward_model=TAG")
+    return args
 
 
 @torch.no_grad()
-def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, pool: RewardPool) -> dict[str, float]:
+def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, sampling: SamplingConfig,
+             pool: RewardPool) -> dict[str, float]:
     """
     Per task, on its first eval_examples test problems (rank-strided): pass@k by the unbiased
     estimator over eval_samples answers at temperature 1, with a seed fixed per problem so that
@@ -117,9 +127,9 @@ def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, p
     for name, task in tasks.items():
         sums = [0.0] * (len(ks) + 2)  # pass@k for each k, greedy, problems
         for i in range(rank, min(args.eval_examples, len(task)), world_size):
-            sampled = sample_group(engine, tokenizer, name, task, i, n, args, 10**9 + i, 1.0, pool)
+            sampled = sample_group(engine, tokenizer, name, task, i, n, sampling, 10**9 + i, 1.0, pool)
             correct = sum(r > 0 for r in sampled.rewards)
-            greedy = sample_group(engine, tokenizer, name, task, i, 1, args, 0, 0.0, pool)
+            greedy = sample_group(engine, tokenizer, name, task, i, 1, sampling, 0, 0.0, pool)
             for j, k in enumerate(ks):
                 sums[j] += pass_at_k(n, correct, k)
             sums[-2] += float(greedy.rewards[0] > 0)
@@ -143,6 +153,13 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = autocast_context(stage.device_type, dtype)
     # the frozen reference of the KL: the source checkpoint itself (a resumed run loads it again, unchanged)
     ref_model = stage.frozen_source(args)
+    reward_model = None
+    if args.reward_model:
+        reward_model, _, rm_meta = load_reward_model(device, args.reward_model, args.reward_model_step)
+        if reward_model.config.vocab_size != model.config.vocab_size:
+            raise PreflightError(f"the reward model {args.reward_model} has a vocabulary of {reward_model.config.vocab_size:,} "
+                                 f"tokens, the policy {model.config.vocab_size:,}: train the reward model from this "
+                                 "policy's source (chat_rm --source) so both read the same tokens")
     checkpoint_dir = checkpoint_dir_for("rl", stage.model_tag)
     train_tasks = {name: REWARD_TASKS[name]("train") for name in weights}
     test_tasks = {name: REWARD_TASKS[name]("test") for name in weights}
@@ -166,15 +183,20 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{updates_per_step} update(s) each",
         "batch": f"rows of at most {model.config.sequence_len} tokens, {args.device_batch_size} per forward pass "
                  f"on each of {world_size} ranks",
+        **({"reward": f"{args.task_weight} × task reward + {args.rm_weight} × reward model {args.reward_model} "
+                      f"(step {rm_meta['step']}), KL coefficient {args.kl_coef}"} if reward_model is not None else {}),
     })
     train_model = compile_model(model, use_compile, fixed_shapes=False)
     optimizers = build_optimizers(model, args)
 
     run_meta = {"model_config": vars(model.config), "num_iterations": num_iterations}
+    if reward_model is not None:  # a resumed run must be rewarded by the same reward model
+        run_meta["reward_model"] = {"model_tag": args.reward_model, "step": rm_meta["step"]}
     log = StepLog(0, world_size=world_size)  # tok/s from each step's count of sampled tokens
     loop = TrainingLoop.begin(args, checkpoint_dir, model, optimizers, device, run_meta, log)
 
     engine = Engine(model, tokenizer)
+    sampling = SamplingConfig(args.max_new_tokens, args.top_k, args.device_batch_size, bool(args.train_stop_token))
     pool = RewardPool(args.reward_workers)
     pad = tokenizer.get_bos_token_id()
     per_rank = args.examples_per_step // world_size
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         if loop.eval_due(step, args.eval_every, last):
             model.eval()
             with autocast:
-                evals = evaluate(engine, tokenizer, test_tasks, args, pool)
+                evals = evaluate(engine, tokenizer, test_tasks, args, sampling, pool)
             model.train()
             for name, value in evals.items():
                 stage.wandb_run.log(log.eval(step, name, value))
@@ -195,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         if last:
             break
 
-        # ---- rollouts: a group of answers per problem, rewarded by its task ----
+        # ---- rollouts: a group of answers per problem, rewarded by its task (and the reward model) ----
         t0 = time.perf_counter()
         model.eval()
         groups, sampled, refills = [], [], 0
@@ -205,8 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
                 name, task, index = sampler(key)
                 seed = args.seed + 1_000_003 * step + 1009 * index + 7 * refills
                 with autocast:
-                    group = sample_group(engine, tokenizer, name, task, index, args.num_samples, args, seed,
+                    group = sample_group(engine, tokenizer, name, task, index, args.num_samples, sampling, seed,
                                          args.temperature, pool)
+                    if reward_model is not None:  # the group's answers scored whole, device_batch_size per forward
+                        scores = score_conversations(reward_model, tokenizer,
+                                                     answer_conversations(group, tokenizer, engine.stop_tokens),
+                                                     args.device_batch_size)
+                        group = mix_rewards(group, scores, args.task_weight, args.rm_weight)
                 sampled.append(group)
                 if not (args.dynamic_sampling and group.zero_variance):
                     groups.append(group)
@@ -252,8 +279,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         # ---- what a researcher watches ----
         trained = [b for micro in minibatches for b in micro]
-        per_task = [x for name in task_names for x in (sum(sum(g.rewards) for g in sampled if g.task_name == name),
-                                                       sum(len(g.rewards) for g in sampled if g.task_name == name))]
+        per_task = [x for name in task_names
+                    for x in (sum(sum(g.verifier_rewards) for g in sampled if g.task_name == name),
+                              sum(len(g.rewards) for g in sampled if g.task_name == name))]
+        # with a reward model: its mean score and the task's mean reward beside the reward they make up
+        learned = ([sum(sum(g.rm_scores) for g in sampled), sum(sum(g.verifier_rewards) for g in sampled)]
+                   if reward_model is not None else [])
         totals = all_reduce_sum([
             sum(len(g.rewards) for g in sampled), sum(sum(g.rewards) for g in sampled),
             len(sampled), sum(g.zero_variance for g in sampled), refills,
@@ -261,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             sum(sum(g.truncated) for g in sampled),
             sum(float(b[-1]["entropy"].sum()) for b in trained), sum(int((b[1] >= 0).sum()) for b in trained),
             sum(float(k3_kl(b[-1]["old_logp"], b[-1]["ref_logp"]).masked_fill(b[1] < 0, 0.0).sum()) for b in trained),
-            counters["clipped"], *per_task], device)
+            counters["clipped"], *per_task, *learned], device)
         answers, tokens = max(totals[0], 1), max(totals[8], 1)
         metrics = {
             "reward": totals[1] / answers, "zero_var_share": totals[3] / max(totals[2], 1), "refills": totals[4],
@@ -269,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
             "kl": totals[9] / tokens, "clip_frac": totals[10] / (tokens * updates_per_step),
             **{f"reward/{name}": totals[11 + 2 * i] / max(totals[12 + 2 * i], 1) for i, name in enumerate(task_names)},
         }
+        if learned:
+            metrics["rm_score"], metrics["task_reward"] = (x / answers for x in totals[11 + 2 * len(task_names):])
         for name, value in metrics.items():
             log.track(step, name, value)  # the report's curves
         stage.wandb_run.log(log.step(step, num_iterations, loss.item(), dt, lrm, tokens=num_tokens,
@@ -281,6 +314,11 @@ def main(argv: list[str] | None = None) -> dict:
                "mean_reward_first_step": rewards[0][1] if rewards else None,
                "mean_reward_last_step": rewards[-1][1] if rewards else None,
                "training_time_min": log.state["total_time"] / 60}
+    for name in ("rm_score", "task_reward", "response_len") if reward_model is not None else ():
+        # a score that rose while the task's reward fell, or by lengthening the answers: reward hacking
+        history = log.history(name)
+        results[f"{name}_first_step"] = history[0][1] if history else None
+        results[f"{name}_last_step"] = history[-1][1] if history else None
     finish_run(results, device, STAGES["rl"].section, args, stage.device_type, stage.wandb_run, log.state["evals"])
     return results
 

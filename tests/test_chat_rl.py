@@ -11,13 +11,18 @@ from functools import partial
 import pytest
 import torch
 
+from nanochat import rl
+from nanochat.checkpoint_manager import save_checkpoint
 from nanochat.engine import Engine
 from nanochat.execution import SandboxUnavailable, check_sandbox
+from nanochat.preference import as_reward_model, load_reward_model, reward_dir, score_conversation
 from nanochat.rl import (Group, LossConfig, ProblemSampler, RewardPool, group_advantages, pass_at_k, policy_loss,
                          rollout_batches, rollout_statistics, sample_answers)
 from nanochat.training import StepBatches, train_step_token_normalized
 from scripts import chat_rl
-from tiny import assert_bitwise_equal, make_tiny_model, tiny_gpt
+import test_pref_data
+from test_pref_data import ParityTask
+from tiny import assert_bitwise_equal, make_tiny_model, resume_matches, tiny_gpt
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
 CPU = torch.device("cpu")
@@ -191,3 +196,73 @@ def test_hostile_code_answers_cost_at_most_their_timeout(offline):
     pool.close()
     assert rewards == [0.0, 0.0, 0.0, 1.0]
     assert elapsed < 2.0 + 3.0  # all four at once: one timeout, plus sandbox start-up and clean-up
+
+
+# ---- against a reward model ----
+
+parity_policy = test_pref_data.parity_policy  # a fixture: a policy whose answers to ParityTask are right about half the time
+
+@pytest.fixture
+def reward_model(parity_policy, tiny_tokenizer):
+    """A tiny reward model saved as chat_rm saves one (tag d1), its head random so its scores differ."""
+    model = as_reward_model(tiny_gpt(tiny_tokenizer.get_vocab_size(), 128, n_head=2, n_kv_head=1, jitter=0.05, seed=3))
+    with torch.no_grad():
+        model.lm_head.weight.normal_()
+    save_checkpoint(reward_dir("d1"), 0, model.state_dict(), None, {"model_config": vars(model.config), "step": 0})
+    return parity_policy
+
+
+RM_ARGS = ["--device_type=cpu", "--dtype=float32", "--tasks=Parity", "--num_samples=4", "--device_batch_size=3",
+           "--examples_per_step=2", "--max_new_tokens=6", "--eval_every=-1", "--eval_examples=0", "--reward_model=d1",
+           "--rm_weight=0.7", "--task_weight=0.4"]
+
+
+def test_kl_is_on_by_default_against_a_reward_model():
+    assert chat_rl.parse_args(["--reward_model=d1"]).kl_coef == chat_rl.RM_KL_COEF > 0
+    assert chat_rl.parse_args(["--reward_model=d1", "--kl_coef=0"]).kl_coef == 0.0  # unless switched off
+    assert chat_rl.parse_args([]).kl_coef == 0.0
+    with pytest.raises(SystemExit):  # a weight with nothing to weigh against
+        chat_rl.parse_args(["--rm_weight=2"])
+
+
+def test_the_reward_is_the_weighted_reward_model_score_plus_the_weighted_task_reward(reward_model, monkeypatch):
+    sampled, trained, configs = [], [], []
+
+    def sample_spy(*args):
+        sampled.append(rl.sample_group(*args))
+        return sampled[-1]
+
+    def advantages_spy(group_rewards, *rest):
+        trained.extend(group_rewards)
+        return group_advantages(group_rewards, *rest)
+
+    def loss_spy(*args, cfg, **kwargs):
+        configs.append(cfg)
+        return policy_loss(*args, cfg=cfg, **kwargs)
+
+    monkeypatch.setattr(chat_rl, "sample_group", sample_spy)
+    monkeypatch.setattr(chat_rl, "group_advantages", advantages_spy)
+    monkeypatch.setattr(chat_rl, "policy_loss", loss_spy)
+    results = chat_rl.main(RM_ARGS + ["--num_iterations=2"])
+    model, tokenizer, _ = load_reward_model("cpu", "d1")
+    task = ParityTask("train")
+    scores = []
+    assert len(sampled) == len(trained) == 4
+    for group, rewards in zip(sampled, trained):  # each group as sampled, before the reward model's score was added
+        for row, got in zip(group.rows, rewards):
+            text = tokenizer.decode(row[group.prompt_len:])  # the fixture's replies never stop: no stop token to drop
+            conversation = {"messages": [*group.conversation["messages"][:-1], {"role": "assistant", "content": text}]}
+            scores.append(score_conversation(model, tokenizer, conversation))  # one at a time, not batched
+            assert got == pytest.approx(0.7 * scores[-1] + 0.4 * task.reward(group.conversation, text), abs=1e-5)
+    assert len(set(scores)) > 1
+    assert configs and all(cfg.kl_coef == chat_rl.RM_KL_COEF for cfg in configs)
+    # the score, the task's reward and the answer length are logged side by side
+    assert results["rm_score_first_step"] == pytest.approx(sum(scores[:8]) / 8, abs=1e-5)
+    assert results["task_reward_last_step"] == sum(task.reward(g.conversation, tokenizer.decode(r[g.prompt_len:]))
+                                                   for g in sampled[2:] for r in g.rows) / 8
+    assert results["response_len_first_step"] == 6
+
+
+def test_chat_rl_with_a_reward_model_resumes_bitwise(reward_model):
+    resume_matches(chat_rl.main, RM_ARGS + ["--num_iterations=4", "--save_every=2"],
+                   reward_model / "chatrl_checkpoints" / "d1", 4, 2)
