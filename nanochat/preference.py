@@ -35,14 +35,16 @@ from nanochat.gpt import GPT, GPTConfig
 from nanochat.schedules import apply_schedule
 from nanochat.tokenizer import get_tokenizer
 from nanochat.training import all_reduce_mean
+from tasks.gsm8k import answer_to_parts
 from tasks.preferences import PreferencePairs, preference_datasets
 
 LOSSES = ("sigmoid", "ipo", "simpo")
 
 
 def with_reply(pair: dict, reply: str) -> dict:
-    """The pair's prompt answered by reply, as a conversation."""
-    return {"messages": [*pair["messages"], {"role": "assistant", "content": reply}]}
+    """The pair's prompt answered by reply, as a conversation (calculator calls as tool parts where the pair says so)."""
+    content = answer_to_parts(reply) if pair.get("calculator_notation") else reply
+    return {"messages": [*pair["messages"], {"role": "assistant", "content": content}]}
 
 
 def final_reply_row(conversation: dict, tokenizer: Any, max_len: int) -> tuple[list[int], list[int]]:

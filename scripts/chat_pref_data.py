@@ -133,7 +133,8 @@ def make_pair(group: Group, index: int, tokenizer, stop_tokens: set[int]) -> dic
         return {"prompt": user,
                 "chosen": [*prompt, {"role": "assistant", "content": replies[c]}],
                 "rejected": [*prompt, {"role": "assistant", "content": replies[r]}],
-                "task": group.task_name, "index": index, "chosen_reward": group.rewards[c], "rejected_reward": group.rewards[r]}
+                "task": group.task_name, "index": index, "chosen_reward": group.rewards[c], "rejected_reward": group.rewards[r],
+                "calculator_notation": True}  # the loaders render <<expr=result>> back into the tool calls the model made
     return None
 
 

@@ -98,9 +98,15 @@ class PreferencePairs(Task):
 # UltraFeedback (binarized): prompt plus two message lists
 
 
-def with_kind(pair: dict, row: dict) -> dict:
-    """The pair, with the twin's perturbation kind where its row has one: held-out accuracy is also reported per kind."""
-    return {**pair, "kind": row["kind"]} if row.get("kind") else pair
+# columns a pair keeps from its row when present: the twin's perturbation `kind` (held-out accuracy
+# is also reported per kind) and `calculator_notation` (chat_pref_data's replies write the
+# calculator's calls as GSM8K does, <<expr=result>>; they are rendered back into tool calls)
+PAIR_EXTRAS = ("kind", "calculator_notation")
+
+
+def with_extras(pair: dict, row: dict) -> dict:
+    """The pair, with the PAIR_EXTRAS its row has."""
+    return {**pair, **{key: row[key] for key in PAIR_EXTRAS if row.get(key)}}
 
 
 def ultrafeedback_pair(row: dict) -> dict:
@@ -114,7 +120,7 @@ def ultrafeedback_pair(row: dict) -> dict:
     if [dict(m) for m in chosen[:-1]] != [dict(m) for m in rejected[:-1]]:
         raise ValueError("chosen and rejected have different prompts")
     messages = [{"role": m["role"], "content": m["content"]} for m in chosen[:-1]]
-    return with_kind({"messages": messages, "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}, row)
+    return with_extras({"messages": messages, "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}, row)
 
 
 class UltraFeedback(PreferencePairs):
@@ -163,7 +169,7 @@ def hh_pair(row: dict) -> dict:
         raise ValueError("a transcript does not end with an assistant reply")
     if chosen[:-1] != rejected[:-1]:
         raise ValueError("chosen and rejected have different prompts")
-    return with_kind({"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}, row)
+    return with_extras({"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}, row)
 
 
 class HHRLHF(PreferencePairs):

@@ -13,6 +13,7 @@ import pytest
 from nanochat import rl
 from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine
+from nanochat.preference import pair_batch
 from nanochat.tokenizer import RustBPETokenizer
 from scripts import chat_dpo, chat_pref_data
 from tasks.common import Task
@@ -133,6 +134,30 @@ def test_a_calculator_call_is_written_as_gsm8k_writes_it(tiny_tokenizer: RustBPE
     assert chat_pref_data.reply_text([{"type": "python", "text": "1/0"}]) == "<<1/0=>>"  # the tool gave no output
     assert rl.answer_content(tiny_tokenizer, tiny_tokenizer.encode("plain")) == "plain"
 
+
+
+def test_a_written_calculator_call_trains_as_the_tool_call_it_was(tiny_tokenizer: RustBPETokenizer, tmp_path):
+    user = {"role": "user", "content": "What is 3*4?"}
+    row = {"prompt": user["content"], "chosen": [user, {"role": "assistant", "content": "It is <<3*4=12>>12"}],
+           "rejected": [user, {"role": "assistant", "content": "It is 13"}], "calculator_notation": True}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    pair = UltraFeedback("train", data_files=str(path))[0]
+    inputs, targets = pair_batch([pair], tiny_tokenizer, 64)
+    special = tiny_tokenizer.encode_special
+    tool_call = [special("<|python_start|>"), *tiny_tokenizer.encode("3*4"), special("<|python_end|>")]
+    output = [special("<|output_start|>"), *tiny_tokenizer.encode("12"), special("<|output_end|>")]
+    chosen = inputs[0].tolist()
+    at = next(i for i in range(len(chosen)) if chosen[i : i + len(tool_call)] == tool_call)
+    assert chosen[at + len(tool_call) : at + len(tool_call) + len(output)] == output
+    # the call is the model's to learn, the calculator's output is not (it was forced)
+    assert targets[0, at - 1 : at - 1 + len(tool_call)].tolist() == tool_call
+    assert (targets[0, at - 1 + len(tool_call) : at - 1 + len(tool_call) + len(output)] == -1).all()
+    # without the column the same text is plain text
+    del row["calculator_notation"]
+    path.write_text(json.dumps(row) + "\n")
+    plain, _ = pair_batch([UltraFeedback("train", data_files=str(path))[0]], tiny_tokenizer, 64)
+    assert special("<|python_start|>") not in plain[0].tolist()
 
 @pytest.mark.slow
 def test_two_ranks_write_the_same_files_as_one(parity_policy, tmp_path):
