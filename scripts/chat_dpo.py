@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid: DPO; ipo: IPO; simpo: SimPO (no reference)")
     p.add_argument("--beta", type=float, default=0.1, help="strength of the reference (sigmoid, ipo) or reward scale (simpo)")
     p.add_argument("--gamma", type=float, default=0.5, help="simpo's target reward margin")
+    p.add_argument("--sft_coef", type=float, default=0.0,
+                   help="add this × the chosen reply's mean token NLL to the loss (RPO; against both replies' "
+                        "log-probabilities falling together)")
     add_preference_args(p, eval_what="held-out preference metrics")
     return p.parse_args(argv)
 
@@ -53,7 +56,10 @@ def dpo_stats(model: torch.nn.Module, autocast: contextlib.AbstractContextManage
             policy, lengths = sequence_logprobs(model, inputs, targets)
         out = preference_loss(args.loss, args.beta, policy, reference, lengths, args.gamma)
         B = len(out.losses)
-        return {"loss": out.losses.mean(), "accuracy": out.accuracy, "margin": out.margin,
+        loss = out.losses.mean()
+        if args.sft_coef:  # RPO: the chosen reply's per-token NLL too, so DPO cannot make it less likely
+            loss = loss + args.sft_coef * (-policy[:B] / lengths[:B].clamp(min=1)).mean()
+        return {"loss": loss, "accuracy": out.accuracy, "margin": out.margin,
                 "chosen_logp": policy[:B].mean(), "rejected_logp": policy[B:].mean()}
     return stats
 

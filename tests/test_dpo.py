@@ -134,3 +134,18 @@ def test_two_ranks_with_uneven_shares_of_pairs(sft_checkpoint):
     meta = json.loads((sft_checkpoint / "chatdpo_checkpoints" / "d1" / "meta_000004.json").read_text())
     assert [state["rank"] for state in meta["data_states"]] == [0, 1]
     assert 0 <= meta["val_accuracy"] <= 1 and math.isfinite(meta["val_loss"])
+
+
+def test_sft_coef_adds_the_chosen_replys_mean_token_nll(tiny_tokenizer):
+    model = tiny_gpt(tiny_tokenizer.get_vocab_size(), 512, jitter=0.05)
+    pairs = PreferenceTwin("test", size=2)
+    inputs, targets = pair_batch([pairs[0], pairs[1]], tiny_tokenizer, 512)
+    reference = torch.tensor([-5.0, -6.0, -7.0, -8.0])
+    args = chat_dpo.parse_args(["--beta=0.3"])
+    plain = chat_dpo.dpo_stats(model, NO_AUTOCAST, args)(inputs, targets, reference)["loss"]
+    args.sft_coef = 0.5
+    rpo = chat_dpo.dpo_stats(model, NO_AUTOCAST, args)(inputs, targets, reference)["loss"]
+    with torch.no_grad():  # the chosen rows' per-token cross-entropy, by hand from the logits
+        logp = torch.log_softmax(model(inputs[:2]).float(), -1)
+        nlls = [-(logp[i][targets[i] >= 0].gather(1, targets[i][targets[i] >= 0][:, None])).mean() for i in range(2)]
+    assert (rpo - plain).item() == pytest.approx(0.5 * sum(nlls).item() / 2, rel=1e-5)
