@@ -109,6 +109,12 @@ if [ "$NANOCHAT_PROFILE" = "gpu" ]; then
     stage chat_eval_mid run scripts.chat_eval -- -i mid
     stage chat_sft run scripts.chat_sft -- --run="$WANDB_RUN" --save_every=200 $(resume_flag "$CK/chatsft_checkpoints/d20")
     stage chat_eval_sft run scripts.chat_eval -- -i sft
+    # learning from preferences on UltraFeedback (binarized, from the hub): a reward model, and DPO
+    # from SFT. On-policy pairs instead: `run scripts.chat_pref_data -- --tasks=GSM8K`, then chat_dpo
+    # with --data_files/--val_data_files on the two files it prints
+    stage chat_rm run scripts.chat_rm -- --run="$WANDB_RUN" $(resume_flag "$CK/chatrm_checkpoints/d20")
+    stage chat_dpo run scripts.chat_dpo -- --run="$WANDB_RUN" $(resume_flag "$CK/chatdpo_checkpoints/d20")
+    stage chat_eval_dpo run scripts.chat_eval -- -i dpo
     stage chat_rl run scripts.chat_rl -- --run="$WANDB_RUN" --tasks=GSM8K:3,SpellingBee:1 \
         $(resume_flag "$CK/chatrl_checkpoints/d20")
     stage chat_eval_rl run scripts.chat_eval -- -i rl -a "GSM8K|SpellingBee"
@@ -134,6 +140,18 @@ else
         --eval_steps=8 --eval_metrics_every=60 --eval_metrics_max_problems=128 --save_every=30 \
         $(resume_flag "$CK/chatsft_checkpoints/d4")
     stage chat_eval_sft python -m scripts.chat_eval -i sft $EVAL
+    # learning from preferences: a reward model on the twin's pairs with one kind of flaw (refusals)
+    # held out, to see whether it carries over; pairs of the SFT model's own right and wrong GSM8K
+    # answers; DPO on those pairs, then the same evaluation as SFT's
+    stage chat_rm python -m scripts.chat_rm --device_batch_size=8 --target_pairs_per_step=16 --num_iterations=150 \
+        --eval_every=50 --eval_pairs=200 --init_lr_frac=1.0 --twin_kinds=wrong_answer,truncated,other_question,wrong_identity \
+        --save_every=50 $(resume_flag "$CK/chatrm_checkpoints/d4")
+    stage chat_pref_data python -m scripts.chat_pref_data --max_problems=400 --eval_problems=100 --num_samples=8 \
+        --max_new_tokens=160
+    stage chat_dpo python -m scripts.chat_dpo --data_files="$CK/preference_data/sft-d4-train.jsonl" \
+        --val_data_files="$CK/preference_data/sft-d4-test.jsonl" --device_batch_size=8 --target_pairs_per_step=16 \
+        --num_epochs=2 --eval_every=10 --eval_pairs=200 --init_lr_frac=0.02 --beta=0.1 $(resume_flag "$CK/chatdpo_checkpoints/d4")
+    stage chat_eval_dpo python -m scripts.chat_eval -i dpo $EVAL
     stage chat_rl python -m scripts.chat_rl --num_samples=8 --device_batch_size=8 --examples_per_step=4 \
         --max_new_tokens=128 --num_iterations=60 --init_lr_frac=0.05 --eval_every=30 --eval_examples=32 \
         --save_every=30 $(resume_flag "$CK/chatrl_checkpoints/d4")
