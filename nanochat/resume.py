@@ -179,6 +179,12 @@ def start_fresh(checkpoint_dir: str, overwrite: bool) -> None:
     try:
         existing = find_last_step(checkpoint_dir)
     except CheckpointError:
+        existing = None
+    if get_dist_info()[0]:
+        # every rank looks before rank 0 deletes anything: a rank that looked after would find the
+        # folder empty, skip the barrier below, and leave rank 0 waiting there for ever
+        dist.barrier()
+    if existing is None:
         return  # nothing there: a fresh run in a fresh folder
     if not overwrite:
         raise ResumeError(f"{checkpoint_dir} already holds checkpoints of a run (last step {existing}); continue it "

@@ -81,10 +81,20 @@ check chat_sft run scripts.chat_sft -- $COMMON --device_batch_size="$SFT_B" \
     --target_examples_per_step=$((SFT_B * NPROC * 2)) --num_iterations=20 --eval_every=10 --eval_steps=4 \
     --eval_metrics_every=20 --eval_metrics_max_problems=64 --smoltalk_size=2000 --spelling_size=200
 check chat_eval_sft run scripts.chat_eval -- -i sft --device_type="$DEVICE" --max_problems=32 --max_new_tokens=64
+# preferences: a reward model and DPO on the twin's pairs, on-policy pairs, RL against the reward model
+PAIRS="--device_batch_size=$SFT_B --target_pairs_per_step=$((SFT_B * NPROC * 2)) --num_iterations=10 --eval_every=10 --eval_pairs=64 --max_pairs=2000"
+check chat_rm run scripts.chat_rm -- $COMMON $PAIRS
+check chat_pref_data run scripts.chat_pref_data -- --device_type="$DEVICE" --dtype="$DTYPE" --max_problems=$((NPROC * 4)) \
+    --eval_problems=$((NPROC * 2)) --num_samples="$RL_B" --max_new_tokens="$NEW_TOKENS"
+check chat_dpo run scripts.chat_dpo -- $COMMON $PAIRS
+check chat_eval_dpo run scripts.chat_eval -- -i dpo -a GSM8K --device_type="$DEVICE" --max_problems=32 --max_new_tokens=64
 check chat_rl run scripts.chat_rl -- $COMMON --device_batch_size="$RL_B" --num_samples="$RL_B" \
     --examples_per_step="$NPROC" --max_new_tokens="$NEW_TOKENS" --num_iterations=4 --eval_every=4 \
     --eval_examples=$((NPROC * 4)) --save_every=2
 check chat_eval_rl run scripts.chat_eval -- -i rl -a GSM8K --device_type="$DEVICE" --max_problems=32 --max_new_tokens=64
+check chat_rl_reward_model run scripts.chat_rl -- $COMMON --device_batch_size="$RL_B" --num_samples="$RL_B" \
+    --examples_per_step="$NPROC" --max_new_tokens="$NEW_TOKENS" --num_iterations=2 --eval_every=-1 \
+    --eval_examples="$NPROC" --reward_model=d"$DEPTH" --overwrite
 
 # the web server: one reply through the OpenAI-style endpoint, then shut down
 web_check() {

@@ -132,6 +132,15 @@ def test_a_rank_dying_mid_save_leaves_no_completion_marker(tmp_path):
     assert find_last_step(str(ckpt), with_optimizer=True) == 1
 
 
+
+@pytest.mark.slow
+def test_overwrite_with_two_ranks_when_one_looks_late(tmp_path):
+    # rank 0 deleted the old run before rank 1 looked: rank 1 saw an empty folder, skipped the
+    # barrier rank 0 waited at, and the run hung (found by gpu_check's second chat_rl)
+    proc = torchrun([str(ROOT / "tests" / "workers" / "overwrite_race.py"), str(tmp_path / "ckpt")], timeout=120)
+    out = _ok(proc)
+    assert "rank 0: overwrite done" in out and "rank 1: overwrite done" in out
+
 def _save_step(ckpt: Path, step: int, ranks: int) -> None:
     model = make_tiny_model()
     for rank in reversed(range(ranks)):  # rank 0 last: it writes the meta
