@@ -21,9 +21,10 @@ def test_the_report_orders_and_groups_sections_by_stage():
     assert report.SECTION_ORDER == [
         "header", "tokenizer-training", "tokenizer-evaluation",
         "base-model-training", "base-model-loss", "base-model-evaluation", "chat-evaluation-base",
-        "midtraining", "chat-evaluation-mid", "chat-sft", "chat-evaluation-sft", "chat-dpo",
-        "chat-evaluation-dpo", "chat-rl", "chat-evaluation-rl",
+        "midtraining", "chat-evaluation-mid", "chat-sft", "chat-evaluation-sft",
+        "preference-data", "reward-model",  # what DPO reads, made after SFT
+        "chat-dpo", "chat-evaluation-dpo", "chat-rl", "chat-evaluation-rl",
     ]
-    assert report.TRAINING_SECTIONS == {"tokenizer-training", "base-model-training", "midtraining", "chat-sft", "chat-dpo",
-                                       "chat-rl"}
+    assert report.TRAINING_SECTIONS == {"tokenizer-training", "base-model-training", "midtraining", "chat-sft",
+                                       "preference-data", "reward-model", "chat-dpo", "chat-rl"}
     assert report.STAGE_SECTIONS["sft"] == ["chat-sft", "chat-evaluation-sft"]
