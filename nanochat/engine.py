@@ -3,17 +3,34 @@ Fast inference: prefill the prompt once, copy its KV cache to every sample, then
 samples together, one token per step. The engine also runs the model's python tool: when
 a row writes <|python_start|>expr<|python_end|>, the calculator's result is forced into
 that row as <|output_start|>result<|output_end|> (mask 0: the model did not choose them).
+
+Decoding runs one of two paths (Engine.decode_path says which, and why):
+- eager: model.forward with the KV cache, one op at a time (the reference);
+- compiled: GPT.decode_step captured once by torch.compile. On CPU the weights are frozen
+  into the graph (Inductor packs them for oneDNN) and the batch, the cache's length and the
+  attended length are symbolic, so one compilation serves every generate call with these
+  weights; on CUDA the cache is a fixed size (the length rounded up to a power of two), the
+  step masks what it has not reached, and it replays as a CUDA graph.
+Sampling, the tool's bookkeeping and the host sync stay outside the graph and draw from the
+same torch.Generator, so a seed gives the same tokens on both paths (the logits differ in
+rounding only, ~1e-6). compile="auto" (the default) compiles on CPU once the engine has
+decoded for COMPILE_AFTER_S seconds with unchanged weights: an interactive chat or an RL run,
+whose weights change every step, stays eager; a long evaluation or a benchmark compiles.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import types
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from nanochat.calculator import use_calculator
+from nanochat.common import logger
 from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, KVCache, sample_next_token
 
@@ -23,8 +40,114 @@ from nanochat.gpt import GPT, KVCache, sample_next_token
 STOP_TOKENS = ("<|assistant_end|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>")
 
 
+COMPILE_MODES = ("auto", "on", "off")
+# compile="auto" on CPU: compile the decode step once this much eager decoding has been spent on
+# the same weights. Compiling takes ~5-15 s on 2 CPU cores and then saves about half of each
+# step's time (README, Benchmarks), so it is repaid after a comparable amount of decoding.
+COMPILE_AFTER_S = 20.0
+
+
 class ContextFullError(NanochatError, ValueError):
     """The prompt leaves no room for a reply in the model's context."""
+
+
+def weights_signature(model: torch.nn.Module) -> tuple:
+    """Changes when any weight or buffer is replaced or modified in place (an optimizer step, load_state_dict)."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def _decode(model: GPT, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, keys: list[torch.Tensor],
+            values: list[torch.Tensor], masked: bool) -> torch.Tensor:
+    return model.decode_step(idx, pos, window, keys, values, masked)
+
+
+# one compilation at a time: freezing is switched on in Inductor's (process-wide) config while
+# dynamo traces and Inductor compiles the first call
+_COMPILE_LOCK = threading.Lock()
+
+
+class CompiledDecoder:
+    """
+    GPT.decode_step compiled for one model's current weights. On CPU the weights are frozen
+    into the graph (weights_signature tells when it is stale) and the shapes are symbolic;
+    with static shapes (CUDA's default) the cache has a fixed length per power of two and the
+    step masks what it has not reached, so it can replay as a CUDA graph. Each instance
+    compiles its own copy of the step function, so its graphs, and dynamo's recompile limit,
+    are its own and are freed with it.
+    """
+
+    def __init__(self, model: GPT, static: bool | None = None) -> None:
+        self.model = model
+        self.device = model.get_device()
+        self.cuda = self.device.type == "cuda"
+        self.static = self.cuda if static is None else static
+        self.freeze = not self.cuda  # CUDA graphs read the live weights; on CPU frozen ones are packed for oneDNN
+        self.signature = weights_signature(model)
+        fresh = types.FunctionType(_decode.__code__.replace(), _decode.__globals__, _decode.__name__)
+        if self.static:
+            self.fn = torch.compile(fresh, fullgraph=True, dynamic=False, mode="reduce-overhead" if self.cuda else None)
+        else:
+            self.fn = torch.compile(fresh, fullgraph=True)
+        self.compile_s: float | None = None  # the first call's time, compilation included
+        self._static_cache: tuple[tuple, KVCache] | None = None  # kept for the next call (static shapes)
+        self._static_busy = False
+
+    def describe(self) -> str:
+        how = "CUDA graph" if self.cuda and self.static else "inductor"
+        return f"compiled ({how}{', frozen weights' if self.freeze else ''}{', static shapes' if self.static else ''})"
+
+    def stale(self, model: GPT) -> bool:
+        return model is not self.model or weights_signature(model) != self.signature
+
+    def rows(self, num_samples: int) -> int:
+        # on CPU a batch of one gets a second (ignored) row: the graph then has a symbolic batch,
+        # for which Inductor packs the weights for oneDNN, faster than its batch-1 kernels here
+        return num_samples if self.static else max(2, num_samples)
+
+    def new_cache(self, rows: int, needed: int, dtype: torch.dtype) -> KVCache:
+        cfg = self.model.config
+        shape = (cfg.n_kv_head, cfg.n_embd // cfg.n_head, cfg.n_layer)
+        if not self.static:
+            # one spare position: the attended window is then always shorter than the cache, and the
+            # graph is not specialized (and recompiled) for the step where it would reach the end
+            cache = KVCache(rows, shape[0], needed + 1, *shape[1:], device=self.device, dtype=dtype)
+            for t in (*cache.keys, *cache.values):  # one graph for every batch and cache length
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+                torch._dynamo.maybe_mark_dynamic(t, 2)
+            return cache
+        # a graph per (rows, length rounded up to a power of two); CUDA graphs replay fixed
+        # addresses, so the last cache is kept for the next call of the same shape
+        capacity = max(64, 1 << (needed - 1).bit_length())
+        key = (rows, capacity, dtype)
+        if self._static_cache is not None and self._static_cache[0] == key and not self._static_busy:
+            cache = self._static_cache[1]
+            cache.reset()
+        else:  # a new shape, or the kept cache is in use by a generation still running
+            cache = KVCache(rows, shape[0], capacity, *shape[1:], device=self.device, dtype=dtype)
+            for t in (*cache.keys, *cache.values):
+                torch._dynamo.mark_static_address(t)
+            if not self._static_busy:
+                self._static_cache = (key, cache)
+        self._static_busy = self._static_busy or cache is self._static_cache[1]
+        return cache
+
+    def release(self, cache: KVCache) -> None:
+        """A generation that used cache is over."""
+        if self._static_cache is not None and cache is self._static_cache[1]:
+            self._static_busy = False
+
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if self.compile_s is not None:
+            return self.fn(self.model, ids, pos, window, cache.keys, cache.values, self.static)
+        # The first call compiles. Frozen, dynamo guards on the weights' identity and Inductor packs
+        # them (stale() tells when they change in place). A later recompile (a guard that fails,
+        # e.g. a window past 4,096 positions) is not frozen: slower, and still right, as it reads
+        # the weights it is given.
+        with _COMPILE_LOCK, torch._inductor.config.patch({"freezing": True} if self.freeze else {}):
+            t0 = time.perf_counter()
+            logits = self.fn(self.model, ids, pos, window, cache.keys, cache.values, self.static)
+            self.compile_s = time.perf_counter() - t0
+        return logits
 
 
 @dataclass
@@ -36,9 +159,18 @@ class RowState:
 
 
 class Engine:
-    def __init__(self, model: GPT, tokenizer) -> None:
+    def __init__(self, model: GPT, tokenizer, compile: str = "auto") -> None:
+        """compile: 'auto', 'on' or 'off', how the decode step runs (see the module's docstring)."""
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, not {compile!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self.compile = compile
+        self.decoder: CompiledDecoder | None = None
+        self.decode_path = "eager (nothing decoded yet)"
+        self._compile_failed: str | None = None
+        self._eager_s = 0.0  # eager decoding time spent on the weights of _eager_signature
+        self._eager_signature: tuple | None = None
         special = tokenizer.encode_special
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
@@ -88,8 +220,7 @@ class Engine:
         prefill_cache = self._new_cache(1, len(tokens))
         ids = torch.tensor([tokens], dtype=torch.long, device=device)
         logits = self.model(ids, kv_cache=prefill_cache)[:, -1, :].expand(num_samples, -1)
-        cache = self._new_cache(num_samples, len(tokens) + max_tokens)
-        cache.prefill(prefill_cache)
+        forward, release = self._decode_forward(prefill_cache, num_samples, len(tokens) + max_tokens)
         del prefill_cache
 
         rows = [RowState() for _ in range(num_samples)]
@@ -98,18 +229,117 @@ class Engine:
         markers = self.stop_tokens | {self.python_start, self.python_end}
         busy: set[int] = set()  # rows inside a tool call or with forced tokens queued
         done: set[int] = set()
-        for _ in range(max_tokens):
-            next_ids = sample_next_token(logits, rng, temperature, top_k)  # (B, 1), fed back as is when nothing is forced
-            column = next_ids[:, 0].tolist()  # the step's one device-to-host sync
-            masks = [1] * num_samples
-            if busy or not markers.isdisjoint(column):
-                forced_any = self._bookkeep(rows, column, masks, markers, busy, done)
-                if forced_any:
-                    next_ids = torch.tensor(column, dtype=torch.long, device=device)[:, None]
-            yield column, masks
-            if len(done) == num_samples:
-                return
-            logits = self.model(next_ids, kv_cache=cache)[:, -1, :]
+        try:
+            for step in range(max_tokens):
+                next_ids = sample_next_token(logits, rng, temperature, top_k)  # (B, 1), fed back as is when nothing is forced
+                column = next_ids[:, 0].tolist()  # the step's one device-to-host sync
+                masks = [1] * num_samples
+                if busy or not markers.isdisjoint(column):
+                    forced_any = self._bookkeep(rows, column, masks, markers, busy, done)
+                    if forced_any:
+                        next_ids = torch.tensor(column, dtype=torch.long, device=device)[:, None]
+                yield column, masks
+                if len(done) == num_samples or step == max_tokens - 1:
+                    return
+                logits = forward(next_ids)
+        finally:
+            release()
+
+    def _choose_path(self) -> CompiledDecoder | None:
+        """The compiled decoder for this call, or None to decode eagerly; sets decode_path to say why."""
+        model = self.model
+        if self.decoder is not None and self.decoder.stale(model):
+            self.decoder = None  # the weights changed: its graph holds the old ones
+        reason = None
+        if self.compile == "off":
+            reason = "compile='off'"
+        elif self._compile_failed:
+            reason = f"compiling failed: {self._compile_failed}"
+        elif not isinstance(model, GPT) or type(model).forward is not GPT.forward \
+                or type(model).decode_step is not GPT.decode_step:
+            reason = f"{type(model).__name__} has its own forward"
+        elif torch.is_autocast_enabled(model.get_device().type):
+            reason = "autocast is on (the step is compiled for the weights' own dtype)"
+        elif model.get_device().type not in ("cpu", "cuda"):
+            reason = f"no compiled step for {model.get_device().type}"
+        elif self.decoder is None and self.compile == "auto":
+            if model.get_device().type == "cuda":
+                reason = "compile='auto' compiles on CPU only (the CUDA graph path is not measured yet: compile='on')"
+            else:
+                signature = weights_signature(model)
+                if signature != self._eager_signature:
+                    self._eager_signature, self._eager_s = signature, 0.0
+                if self._eager_s < COMPILE_AFTER_S:
+                    reason = (f"compile='auto': {self._eager_s:.1f} s decoded with these weights, "
+                              f"compiles after {COMPILE_AFTER_S:g} s")
+        if reason is not None:
+            self.decode_path = f"eager ({reason})"
+            return None
+        if self.decoder is None:
+            self.decoder = CompiledDecoder(model)
+            logger.info("engine: compiling the decode step (%s, %s)", self.decoder.device, self._cache_dtype())
+        self.decode_path = self.decoder.describe()
+        return self.decoder
+
+    def _decode_forward(self, prefill_cache: KVCache, num_samples: int,
+                        needed: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], None]]:
+        """
+        The decode step for one generate call, (B, 1) next tokens -> (B, vocab) logits, its cache
+        filled from the prompt's; and what to call when the call is over (it frees a kept cache).
+        """
+        decoder = self._choose_path()
+        if decoder is None:
+            cache = self._new_cache(num_samples, needed)
+            cache.prefill(prefill_cache)
+            return self._eager_forward(cache), lambda: None
+        rows = decoder.rows(num_samples)
+        cache = decoder.new_cache(rows, needed, self._cache_dtype())
+        cache.prefill(prefill_cache)
+        device = cache.keys[0].device
+        positions = torch.arange(cache.capacity, device=device)
+        ids = torch.zeros(rows, 1, dtype=torch.long, device=device)  # rows past num_samples: padding, ignored
+        if not decoder.static:
+            torch._dynamo.maybe_mark_dynamic(ids, 0)
+        eager: Callable[[torch.Tensor], torch.Tensor] | None = None  # set if compiling fails
+
+        def forward(next_ids: torch.Tensor) -> torch.Tensor:
+            nonlocal eager
+            ids[:num_samples] = next_ids
+            if eager is not None:
+                return eager(ids)[:num_samples]
+            pos = cache.pos
+            if decoder.static:
+                window = positions  # the whole (fixed) cache, masked past pos
+            else:
+                window = positions[: pos + 1]
+                torch._dynamo.maybe_mark_dynamic(window, 0)
+            try:
+                logits = decoder(ids, positions[pos : pos + 1], window, cache)
+            except Exception as e:  # noqa: BLE001  a compiler that cannot run here: decode on eagerly
+                if decoder.compile_s is not None:
+                    raise
+                self._compile_failed = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                self.decoder = None
+                self.decode_path = f"eager (compiling failed: {self._compile_failed})"
+                logger.warning("engine: compiling the decode step failed, decoding eagerly: %s", self._compile_failed)
+                eager = self._eager_forward(cache)
+                return eager(ids)[:num_samples]
+            cache.pos = pos + 1
+            return logits[:num_samples]
+
+        return forward, lambda: decoder.release(cache)
+
+    def _eager_forward(self, cache: KVCache) -> Callable[[torch.Tensor], torch.Tensor]:
+        """model.forward with the cache, one token per row; the time it takes counts towards compile='auto'."""
+        model = self.model
+
+        def forward(next_ids: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            logits = model(next_ids, kv_cache=cache)[:, -1, :]
+            self._eager_s += time.perf_counter() - t0
+            return logits
+
+        return forward
 
     def _bookkeep(self, rows: list[RowState], column: list[int], masks: list[int], markers: set[int],
                   busy: set[int], done: set[int]) -> bool:

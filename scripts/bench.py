@@ -314,9 +314,15 @@ def _naive_decode(model, prompt: list[int], batch: int, new_tokens: int, rng: to
 
 def bench_decode(args: argparse.Namespace) -> dict:
     """
-    Tokens generated per second per batch size: the Engine (fp32 and bf16 weights) against
-    today's reference loop (the baseline of the ratios) and naive recompute; then RL rollouts
-    (groups sampled in device batches with top-k 50, as chat_rl did before its default became no top-k) with both engines.
+    Tokens generated per second per batch size, for each decoding path on the same model and
+    prompt: today's Engine decoding eagerly (`engine_eager`, the baseline of every ratio), the
+    Engine with its compiled decode step (`engine_compiled`), the reference loop from before the
+    Engine's per-token overhead was cut, the Engine with bf16 weights, and naive recompute. Each
+    path is warmed up once (the compiled one compiles then: `compile_s`), then the paths' timed
+    runs are interleaved, one run of each in turn for --rounds rounds, and the median kept, so
+    load from other processes slows them alike. Then RL rollouts (groups sampled in device
+    batches with top-k 50, as chat_rl did before its default became no top-k), eager against
+    compiled, interleaved likewise.
     """
     from nanochat.common import autodetect_device_type
     from nanochat.gpt import GPT, config_for_depth
@@ -331,47 +337,80 @@ def bench_decode(args: argparse.Namespace) -> dict:
     model.eval()
     tokenizer = _NoSpecialsTokenizer(args.vocab_size)
     # the same weights in bf16: decoding reads every weight once per step, so halving them matters
-    engines = {"reference": ReferenceEngine(model, tokenizer), "engine": Engine(model, tokenizer),
-               "engine_bf16": Engine(copy.deepcopy(model).bfloat16(), tokenizer)}
+    engines = {"engine_eager": Engine(model, tokenizer, compile="off"),
+               "engine_compiled": Engine(model, tokenizer, compile="on"),
+               "reference": ReferenceEngine(model, tokenizer, compile="off"),
+               "engine_bf16": Engine(copy.deepcopy(model).bfloat16(), tokenizer, compile="off")}
+    baseline = "engine_eager"
     prompt = torch.randint(0, args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
-    results = {}
+    results: dict = {}
     for batch in [int(b) for b in args.batches.split(",")]:
         # naive recompute costs batch × length² per token: timed only where it does not dominate the run
-        names = ("naive", *engines) if batch <= args.naive_max_batch else tuple(engines)
-        timings, rows = {}, {}
+        names = (*engines, "naive") if batch <= args.naive_max_batch else tuple(engines)
+        rows, warmup_s = {}, {}
+
+        def run(name: str) -> None:
+            if name == "naive":
+                _naive_decode(model, prompt, batch, args.new_tokens, torch.Generator(device=device).manual_seed(0))
+            else:
+                rows[name], _ = engines[name].generate_batch(prompt, num_samples=batch, max_tokens=args.new_tokens)
+                assert all(len(r) == args.prompt_len + args.new_tokens for r in rows[name])
+
         for name in names:
-            progress(f"decode batch {batch}, {name}: {args.new_tokens} new tokens, a warm-up run then a timed one")
-            for _ in range(2):  # the first run warms up
-                _sync(device)
-                t0 = time.perf_counter()
-                if name == "naive":
-                    _naive_decode(model, prompt, batch, args.new_tokens, torch.Generator(device=device).manual_seed(0))
-                else:
-                    rows[name], _ = engines[name].generate_batch(prompt, num_samples=batch, max_tokens=args.new_tokens)
-                    assert all(len(r) == args.prompt_len + args.new_tokens for r in rows[name])
-                _sync(device)
-                timings[name] = time.perf_counter() - t0
+            progress(f"decode batch {batch}, {name}: a warm-up run of {args.new_tokens} new tokens"
+                     + (" (compiling)" if name == "engine_compiled" and engines[name].decoder is None else ""))
+            warmup_s[name] = _timed(run, name, device)
+        progress(f"decode batch {batch}: {args.rounds} rounds of one run per path, in turn")
+        times = _interleaved(run, names, args.rounds, device)
         tokens = batch * args.new_tokens
-        r = results[f"batch_{batch}"] = {f"{name}_tok_per_s": tokens / t for name, t in timings.items()}
-        for name in ("engine", "engine_bf16"):
-            r[f"{name}_speedup_vs_reference"] = timings["reference"] / timings[name]
-            if "naive" in timings:
-                r[f"{name}_speedup_vs_naive"] = timings["naive"] / timings[name]
-        r["engine_same_tokens_as_reference"] = rows["engine"] == rows["reference"]
+        r = results[f"batch_{batch}"] = {f"{name}_tok_per_s": tokens / t for name, t in times.items()}
+        for name in names:
+            if name != baseline:
+                r[f"{name}_speedup_vs_{baseline}"] = times[baseline] / times[name]
+        r["engine_compiled_same_tokens_as_engine_eager"] = rows["engine_compiled"] == rows[baseline]
+        # where a row's sampled u falls within the float32 rounding of the cumulative probabilities
+        # (the compiled logits differ from eager's by ~1e-6), that row follows another token from there
+        r["engine_compiled_rows_same_as_engine_eager"] = _same_rows(rows["engine_compiled"], rows[baseline])
+        r["reference_same_tokens_as_engine_eager"] = rows["reference"] == rows[baseline]
+        r["engine_compiled_first_run_s"] = warmup_s["engine_compiled"]
+    compiled = engines["engine_compiled"]
     results["rl_rollout"] = _bench_rollouts(engines, prompt, args, device)
     return {"benchmark": "decode", "device": str(device), "depth": args.depth, "vocab_size": args.vocab_size,
             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
-            "baseline": "reference", "results": results}
+            "rounds": args.rounds, "baseline": baseline,
+            "paths": {name: engine.decode_path for name, engine in engines.items()},
+            # the compiled step's first call: tracing and compiling (once for every batch size and length)
+            "compile_s": compiled.decoder.compile_s if compiled.decoder else None,
+            "results": results}
+
+
+def _same_rows(rows: list[list[int]], expected: list[list[int]]) -> str:
+    return f"{sum(a == b for a, b in zip(rows, expected))}/{len(expected)}"
+
+
+def _timed(fn: Callable[[str], None], name: str, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn(name)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _interleaved(fn: Callable[[str], None], names: tuple[str, ...], rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of fn(name) per name, over rounds in which every name runs once, in turn."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            times[name].append(_timed(fn, name, device))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _bench_rollouts(engines: dict, prompt: list[int], args: argparse.Namespace, device: torch.device) -> dict:
     """chat_rl's sampling: a group of answers per problem, device_batch_size rows at a time, top-k, a seed per chunk."""
-    timings, rows = {}, {}
-    for name in ("reference", "engine"):
-        progress(f"RL rollouts, {name}: {args.rl_problems} problems × {args.rl_samples} answers of "
-                 f"{args.new_tokens} tokens, {args.rl_batch} rows at a time")
-        _sync(device)
-        t0 = time.perf_counter()
+    names = ("engine_eager", "engine_compiled")
+    rows: dict[str, list] = {}
+
+    def rollouts(name: str) -> None:
         rows[name] = []
         for problem in range(args.rl_problems):
             for chunk, start in enumerate(range(0, args.rl_samples, args.rl_batch)):
@@ -379,12 +418,16 @@ def _bench_rollouts(engines: dict, prompt: list[int], args: argparse.Namespace, 
                 r, _ = engines[name].generate_batch(prompt, num_samples=n, max_tokens=args.new_tokens, temperature=1.0,
                                                     top_k=50, seed=1000 * problem + chunk)
                 rows[name] += r
-        _sync(device)
-        timings[name] = time.perf_counter() - t0
-    tokens = sum(len(r) - len(prompt) for r in rows["engine"])
-    return {"reference_tok_per_s": tokens / timings["reference"], "engine_tok_per_s": tokens / timings["engine"],
-            "engine_speedup_vs_reference": timings["reference"] / timings["engine"],
-            "engine_same_tokens_as_reference": rows["engine"] == rows["reference"]}
+
+    progress(f"RL rollouts: {args.rl_problems} problems × {args.rl_samples} answers of {args.new_tokens} tokens, "
+             f"{args.rl_batch} rows at a time, {args.rounds} rounds per path, in turn")
+    times = _interleaved(rollouts, names, args.rounds, device)
+    tokens = sum(len(r) - len(prompt) for r in rows["engine_eager"])
+    return {"engine_eager_tok_per_s": tokens / times["engine_eager"],
+            "engine_compiled_tok_per_s": tokens / times["engine_compiled"],
+            "engine_compiled_speedup_vs_engine_eager": times["engine_eager"] / times["engine_compiled"],
+            "engine_compiled_same_tokens_as_engine_eager": rows["engine_compiled"] == rows["engine_eager"],
+            "engine_compiled_rows_same_as_engine_eager": _same_rows(rows["engine_compiled"], rows["engine_eager"])}
 
 
 def _sync(device: torch.device) -> None:
@@ -416,13 +459,14 @@ def main(argv: list[str] | None = None) -> dict:
     train.add_argument("--loss_steps", type=int, default=100,
                        help="steps of fp32 and the default on learnable data, to compare their losses (0: skip)")
     train.add_argument("--device_type", default="", help="device (empty: autodetect)")
-    decode = sub.add_parser("decode", help="generation and RL rollout tok/s: the Engine against its reference loop")
+    decode = sub.add_parser("decode", help="generation and RL rollout tok/s: the Engine's compiled decode step against eager")
     decode.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
     decode.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
     decode.add_argument("--prompt_len", type=positive_int, default=32, help="prompt tokens")
     decode.add_argument("--new_tokens", type=positive_int, default=128, help="tokens generated per row")
     decode.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes to time")
     decode.add_argument("--naive_max_batch", type=int, default=8, help="time naive recompute up to this batch size")
+    decode.add_argument("--rounds", type=positive_int, default=5, help="rounds, each timing every path in turn")
     decode.add_argument("--rl_problems", type=positive_int, default=2, help="RL rollouts: problems (one prompt each)")
     decode.add_argument("--rl_samples", type=positive_int, default=16, help="RL rollouts: answers per problem")
     decode.add_argument("--rl_batch", type=positive_int, default=8, help="RL rollouts: rows per generate call")

@@ -52,19 +52,27 @@ def test_train_benchmark_adds_the_default_path_and_rejects_unknown_ones(monkeypa
 def test_decode_benchmark_json():
     result = bench.main(["decode", "--depth=1", "--vocab_size=256", "--prompt_len=4", "--new_tokens=6",
                          "--batches=1,3", "--naive_max_batch=1", "--rl_problems=1", "--rl_samples=3", "--rl_batch=2",
-                         "--device_type=cpu"])
+                         "--rounds=1", "--device_type=cpu"])
     r = result["results"]
-    assert result["baseline"] == "reference" and set(r) == {"batch_1", "batch_3", "rl_rollout"}
-    for name in ("reference", "engine", "engine_bf16"):
-        assert r["batch_1"][f"{name}_tok_per_s"] > 0 and r["batch_3"][f"{name}_tok_per_s"] > 0
+    assert result["baseline"] == "engine_eager" and set(r) == {"batch_1", "batch_3", "rl_rollout"}
+    paths = result["paths"]
+    assert paths["engine_eager"].startswith("eager") and paths["engine_compiled"].startswith("compiled")
+    assert result["compile_s"] > 0
     for batch in ("batch_1", "batch_3"):
-        assert r[batch]["engine_speedup_vs_reference"] > 0 and r[batch]["engine_bf16_speedup_vs_reference"] > 0
-        assert r[batch]["engine_same_tokens_as_reference"] is True
+        for name in ("engine_eager", "engine_compiled", "reference", "engine_bf16"):
+            assert r[batch][f"{name}_tok_per_s"] > 0
+        for name in ("engine_compiled", "reference", "engine_bf16"):
+            assert r[batch][f"{name}_speedup_vs_engine_eager"] > 0
+        assert r[batch]["engine_compiled_same_tokens_as_engine_eager"] is True
+        n = batch.removeprefix("batch_")
+        assert r[batch]["engine_compiled_rows_same_as_engine_eager"] == f"{n}/{n}"
+        assert r[batch]["reference_same_tokens_as_engine_eager"] is True
     assert "naive_tok_per_s" in r["batch_1"] and "naive_tok_per_s" not in r["batch_3"]  # only up to --naive_max_batch
-    assert r["batch_1"]["engine_speedup_vs_naive"] > 0
+    assert r["batch_1"]["naive_speedup_vs_engine_eager"] > 0
     rl = r["rl_rollout"]
-    assert rl["reference_tok_per_s"] > 0 and rl["engine_tok_per_s"] > 0 and rl["engine_speedup_vs_reference"] > 0
-    assert rl["engine_same_tokens_as_reference"] is True
+    assert rl["engine_eager_tok_per_s"] > 0 and rl["engine_compiled_tok_per_s"] > 0
+    assert rl["engine_compiled_speedup_vs_engine_eager"] > 0
+    assert rl["engine_compiled_same_tokens_as_engine_eager"] is True and rl["engine_compiled_rows_same_as_engine_eager"] == "3/3"
 
 
 def test_tokenizer_benchmark_json():

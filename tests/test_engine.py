@@ -150,3 +150,156 @@ def test_same_stream_as_the_reference_engine_with_tools_and_stops(tiny_tokenizer
                                                                                                    temperature=0.0))
     assert ours == reference
     assert any(0 in masks for _, masks in ours)  # tool output was forced
+
+
+# --- the compiled decode step (Engine(compile=...)) ---------------------------------------------
+# Each Engine compiles its own step (~5-15 s on 2 CPU cores), so these tests share one where they can.
+
+
+@pytest.fixture(scope="module")
+def compiled_pair(tiny_tokenizer):
+    """A GQA model with an eager and a compiled engine; the compiled one is compiled once for the module."""
+    model = real_model(tiny_tokenizer.get_vocab_size(), n_kv_head=2, seed=5)
+    return model, Engine(model, tiny_tokenizer, compile="off"), Engine(model, tiny_tokenizer, compile="on")
+
+
+def test_compiled_decoding_gives_the_eager_tokens(compiled_pair, tiny_tokenizer):
+    """Greedy and sampled (fp32, same seed): the compiled step yields the stream eager decoding yields."""
+    from torch._dynamo.utils import counters
+
+    model, eager, compiled = compiled_pair
+    prompt = tiny_tokenizer.encode("the cat sat on", prepend="<|bos|>")
+    greedy = compiled.generate_batch(prompt, num_samples=3, max_tokens=30, temperature=0.0)
+    assert compiled.decode_path == "compiled (inductor, frozen weights)" and compiled.decoder.compile_s > 0
+    assert greedy == eager.generate_batch(prompt, num_samples=3, max_tokens=30, temperature=0.0)
+    reference = list(model.generate(prompt, max_tokens=30, temperature=0.0))
+    cut = next((i for i, t in enumerate(reference) if t in compiled.stop_tokens), len(reference))
+    assert greedy[0][0] == prompt + reference[:cut]
+    graphs = counters["stats"]["unique_graphs"]
+    # batch 1 (run with a padding row), other batches, prompts and lengths: the same graph, no recompiling
+    for num_samples, text, kwargs in [(1, "over hill", dict(temperature=1.0, seed=0)),
+                                      (5, "the cat sat on", dict(temperature=0.8, top_k=50, seed=1)),
+                                      (4, "apple river and", dict(temperature=1.3, top_k=5, seed=3, max_tokens=50))]:
+        p = tiny_tokenizer.encode(text, prepend="<|bos|>")
+        kwargs = {"max_tokens": 25, **kwargs}
+        assert list(compiled.generate(p, num_samples, **kwargs)) == list(eager.generate(p, num_samples, **kwargs))
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compiled_step_follows_forced_tokens(compiled_pair):
+    """Whatever tokens are fed back (sampled or forced by the tool), the step's logits are forward's."""
+    from nanochat.gpt import KVCache
+
+    model, eager, compiled = compiled_pair
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, cfg.vocab_size, (1, 9), generator=g)
+    with torch.inference_mode():
+        prefill = KVCache(1, cfg.n_kv_head, 9, cfg.n_embd // cfg.n_head, cfg.n_layer)
+        model(prompt, kv_cache=prefill)
+        steps = {name: engine._decode_forward(prefill, 3, 9 + 20)[0] for name, engine in (("e", eager), ("c", compiled))}
+        for _ in range(20):
+            ids = torch.randint(0, cfg.vocab_size, (3, 1), generator=g)
+            torch.testing.assert_close(steps["c"](ids), steps["e"](ids), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_step_equals_forward(masked):
+    """GPT.decode_step (uncompiled): the window ending at pos (CPU), or the whole cache masked past pos (CUDA graphs)."""
+    from nanochat.gpt import KVCache
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=32, vocab_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64))
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    idx = torch.randint(0, 128, (2, 20))
+    cfg = model.config
+    with torch.inference_mode():
+        full = model(idx)
+        cache = KVCache(2, cfg.n_kv_head, 24, cfg.n_embd // cfg.n_head, cfg.n_layer)
+        model(idx[:, :8], kv_cache=cache)
+        for t in range(8, 11):  # stale values past pos must not leak in when masked
+            cache.keys[0][:, :, t + 1 :] = 1e4
+        positions = torch.arange(24)
+        for t in range(8, 20):
+            window = positions if masked else positions[: t + 1]
+            logits = model.decode_step(idx[:, t : t + 1], positions[t : t + 1], window, cache.keys, cache.values, masked)
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_compiles_after_enough_eager_decoding_and_not_on_changed_weights(tiny_tokenizer, monkeypatch):
+    import nanochat.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "COMPILE_AFTER_S", 1e-9)
+    model = real_model(tiny_tokenizer.get_vocab_size(), seed=3)
+    auto, eager = Engine(model, tiny_tokenizer), Engine(model, tiny_tokenizer, compile="off")
+    assert auto.compile == "auto"
+    prompt = tiny_tokenizer.encode("over hill", prepend="<|bos|>")
+    kwargs = dict(num_samples=2, max_tokens=12, temperature=1.0, seed=4)
+    first = auto.generate_batch(prompt, **kwargs)
+    assert auto.decode_path.startswith("eager (compile='auto'") and auto.decoder is None
+    assert auto.generate_batch(prompt, **kwargs) == first == eager.generate_batch(prompt, **kwargs)
+    assert auto.decode_path.startswith("compiled") and auto.decoder is not None
+    with torch.no_grad():  # an optimizer step: the frozen graph is stale, and these weights new
+        for p in model.parameters():
+            p.mul_(1.1)
+    changed = auto.generate_batch(prompt, **kwargs)
+    assert auto.decoder is None and auto.decode_path.startswith("eager (compile='auto': 0.0 s")
+    assert changed == eager.generate_batch(prompt, **kwargs)
+
+
+def test_compile_on_decodes_eagerly_where_it_cannot_compile(tiny_tokenizer, monkeypatch):
+    tok = tiny_tokenizer
+    hello = tok.encode("hello there")
+    scripted = Engine(ScriptedModel(tok.get_vocab_size(), hello + [tok.encode_special("<|assistant_end|>")]), tok,
+                      compile="on")
+    assert scripted.generate_batch([tok.get_bos_token_id()], max_tokens=20, temperature=0.0)[0] == [[tok.get_bos_token_id()] + hello]
+    assert scripted.decode_path == "eager (ScriptedModel has its own forward)"
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Engine(scripted.model, tok, compile="yes")
+
+    model = real_model(tok.get_vocab_size())
+    prompt = tok.encode("the cat", prepend="<|bos|>")
+    kwargs = dict(num_samples=2, max_tokens=8, temperature=1.0, seed=1)
+    expected = Engine(model, tok, compile="off").generate_batch(prompt, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine = Engine(model, tok, compile="on")
+        engine.generate_batch(prompt, **kwargs)
+        assert engine.decode_path.startswith("eager (autocast is on")
+
+    def no_compiler(fn, **kwargs):
+        def fails(*args):
+            raise RuntimeError("no C++ compiler here")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    engine = Engine(model, tok, compile="on")
+    assert engine.generate_batch(prompt, **kwargs) == expected  # the step that failed to compile ran eagerly
+    assert engine.decode_path == "eager (compiling failed: RuntimeError: no C++ compiler here)"
+    assert engine.generate_batch(prompt, **kwargs) == expected and engine.decoder is None
+
+
+def test_static_shape_step_as_cuda_graphs_need_it(tiny_tokenizer):
+    """The CUDA path's decoder on CPU: a fixed-size cache per power of two, masked past pos, kept between calls."""
+    from nanochat.engine import CompiledDecoder
+
+    model = real_model(tiny_tokenizer.get_vocab_size(), n_kv_head=2, seed=6)
+    eager, static = Engine(model, tiny_tokenizer, compile="off"), Engine(model, tiny_tokenizer, compile="on")
+    static.decoder = CompiledDecoder(model, static=True)
+    prompt = tiny_tokenizer.encode("the cat sat on", prepend="<|bos|>")
+    for kwargs in (dict(temperature=0.0, max_tokens=20), dict(temperature=1.0, seed=2, max_tokens=30)):
+        assert static.generate_batch(prompt, 3, **kwargs) == eager.generate_batch(prompt, 3, **kwargs)
+        assert static.decode_path == "compiled (inductor, frozen weights, static shapes)"
+    kept = static.decoder._static_cache[1]
+    assert kept.capacity == 64  # prompt + 30 tokens, rounded up
+    # two generations at once: the second may not share the first's cache
+    kwargs = dict(temperature=1.0, seed=9, max_tokens=15)
+    first, second = static.generate(prompt, 3, **kwargs), static.generate(prompt, 3, **kwargs)
+    together = [(next(first), next(second)) for _ in range(15)]
+    expected = list(eager.generate(prompt, 3, **kwargs))
+    assert [a for a, _ in together] == expected and [b for _, b in together] == expected
+    first.close(), second.close()
+    static.generate_batch(prompt, 3, **kwargs)
+    assert static.decoder._static_cache[1] is kept and not static.decoder._static_busy
