@@ -70,27 +70,16 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 class KVCache:
     """
-    Keys and values of every layer for a batch of sequences, all at the same position. Each
-    layer's keys and values are their own preallocated (B, H, T, D) tensor, so a compiled
-    decode step writes one position of each in place (a view of one shared tensor would make
-    the compiler copy all of it every step). Grows (doubling) when a sequence outruns it.
+    Keys and values of every layer for a batch of sequences, all at the same position.
+    Grows (doubling) when a sequence outruns it.
     """
 
     def __init__(self, batch_size: int, num_heads: int, seq_len: int, head_dim: int, num_layers: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        shape = (batch_size, num_heads, seq_len, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        shape = (num_layers, 2, batch_size, num_heads, seq_len, head_dim)
+        self.cache = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0
         self.num_layers = num_layers
-
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].size(0)
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].size(2)
 
     def reset(self) -> None:
         self.pos = 0
@@ -99,35 +88,31 @@ class KVCache:
         return self.pos
 
     def _grow(self, needed: int) -> None:
-        capacity = self.capacity
+        capacity = self.cache.size(4)
         if needed <= capacity:
             return
         new_capacity = max(needed, 2 * capacity)
-        for tensors in (self.keys, self.values):
-            for i, old in enumerate(tensors):
-                grown = old.new_zeros(*old.shape[:2], new_capacity, old.size(3))
-                grown[:, :, :capacity] = old
-                tensors[i] = grown
+        grown = self.cache.new_zeros(*self.cache.shape[:4], new_capacity, self.cache.size(5))
+        grown[:, :, :, :, :capacity] = self.cache
+        self.cache = grown
 
     def insert_kv(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k, v (B, H, T, D) for one layer; return all keys and values so far."""
         t0, t1 = self.pos, self.pos + k.size(2)
         self._grow(t1)
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[:, :, t0:t1] = k
-        values[:, :, t0:t1] = v
+        self.cache[layer_idx, 0, :, :, t0:t1] = k
+        self.cache[layer_idx, 1, :, :, t0:t1] = v
         if layer_idx == self.num_layers - 1:  # the last layer moves everyone forward
             self.pos = t1
-        return keys[:, :, :t1], values[:, :, :t1]
+        return self.cache[layer_idx, 0, :, :, :t1], self.cache[layer_idx, 1, :, :, :t1]
 
     def prefill(self, other: "KVCache") -> None:
         """Copy another cache's contents (batch 1, or the same batch) into this one, broadcasting rows."""
-        if other.batch_size not in (1, self.batch_size):
-            raise ValueError(f"cannot prefill a batch of {self.batch_size} from a batch of {other.batch_size}")
+        if other.cache.size(2) not in (1, self.cache.size(2)):
+            raise ValueError(f"cannot prefill a batch of {self.cache.size(2)} from a batch of {other.cache.size(2)}")
         self.reset()
         self._grow(other.pos)
-        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values)):
-            mine[:, :, : other.pos] = theirs[:, :, : other.pos]
+        self.cache[:, :, :, :, : other.pos] = other.cache[:, :, :, :, : other.pos]
         self.pos = other.pos
 
 
@@ -166,13 +151,13 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y)
 
     def decode_step(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor,
-                    window: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masked: bool) -> torch.Tensor:
+                    window: torch.Tensor, cache: torch.Tensor, masked: bool) -> torch.Tensor:
         """
         forward() for one new token per row (x: (B, 1, C)) with the position a tensor: k, v are
-        written in place at `pos` of this layer's preallocated keys/values (B, H, T, D), and the
-        query attends to the cache's first len(window) positions. Unmasked, the window must end at
-        pos (the CPU path passes positions 0..pos); masked, positions after pos are left out, so
-        the window can be the whole cache and no shape changes between steps (CUDA graphs).
+        written in place at `pos` of the cache (a KVCache's (layers, 2, B, H, T, D) tensor), and
+        the query attends to the cache's first len(window) positions. Unmasked, the window must
+        end at pos (the CPU path passes positions 0..pos); masked, positions after pos are left
+        out, so the window can be the whole cache and no shape changes between steps (CUDA graphs).
         """
         B, _, C = x.size()
         q = self.c_q(x).view(B, 1, self.n_head, self.head_dim)
@@ -180,10 +165,11 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, 1, self.n_kv_head, self.head_dim)
         cos, sin = cos_sin
         q, k = norm(apply_rotary_emb(q, cos, sin)), norm(apply_rotary_emb(k, cos, sin))
-        keys.index_copy_(2, pos, k.transpose(1, 2))
-        values.index_copy_(2, pos, v.transpose(1, 2))
+        # one indexed write into the whole cache (a compiled step does it in place; writing through
+        # a view of one layer would make the compiler copy the cache every step)
+        cache[pos.new_full((1,), self.layer_idx), :, :, :, pos] = torch.stack((k[:, 0], v[:, 0]))[None]
         W = window.size(0)
-        k_seen, v_seen = keys[:, :, :W], values[:, :, :W]  # (B, H_kv, W, D)
+        k_seen, v_seen = cache[self.layer_idx, 0, :, :, :W], cache[self.layer_idx, 1, :, :, :W]  # (B, H_kv, W, D)
         # One query per row: plain matmuls, the softmax's normalization applied after the second
         # (Inductor turns softmax-then-matmul back into the flash kernel, ~10x slower for one query).
         # Query head h reads key/value head h // group, as scaled_dot_product_attention's enable_gqa.
@@ -217,8 +203,8 @@ class Block(nn.Module):
         return x + self.mlp(norm(x))
 
     def decode_step(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor,
-                    window: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masked: bool) -> torch.Tensor:
-        x = x + self.attn.decode_step(norm(x), cos_sin, pos, window, keys, values, masked)
+                    window: torch.Tensor, cache: torch.Tensor, masked: bool) -> torch.Tensor:
+        x = x + self.attn.decode_step(norm(x), cos_sin, pos, window, cache, masked)
         return x + self.mlp(norm(x))
 
 
@@ -333,19 +319,19 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
 
-    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, keys: list[torch.Tensor],
-                    values: list[torch.Tensor], masked: bool = False) -> torch.Tensor:
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
+                    masked: bool = False) -> torch.Tensor:
         """
         One decoding step in a form a compiler can capture once and replay: every row's next
-        token idx (B, 1) at position pos (a (1,) long tensor), each layer's keys/values a
-        preallocated (B, H, T, D) tensor written in place, attention over the first len(window)
-        cached positions (see CausalSelfAttention.decode_step). Returns the (B, vocab) fp32
-        logits, as forward(idx, kv_cache=...)[:, -1] does up to rounding.
+        token idx (B, 1) at position pos (a (1,) long tensor), written in place into cache (a
+        KVCache's tensor), attention over its first len(window) positions (see
+        CausalSelfAttention.decode_step). Returns the (B, vocab) fp32 logits, as
+        forward(idx, kv_cache=...)[:, -1] does up to rounding.
         """
         x = norm(self.transformer.wte(idx))
         cos_sin = self.cos.index_select(1, pos).to(x.dtype), self.sin.index_select(1, pos).to(x.dtype)
-        for block, k, v in zip(self.transformer.h, keys, values):
-            x = block.decode_step(x, cos_sin, pos, window, k, v, masked)
+        for block in self.transformer.h:
+            x = block.decode_step(x, cos_sin, pos, window, cache, masked)
         logits = self.lm_head(norm(x)[:, -1]).float()
         return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 

@@ -317,7 +317,8 @@ def bench_decode(args: argparse.Namespace) -> dict:
     Tokens generated per second per batch size, for each decoding path on the same model and
     prompt: today's Engine decoding eagerly (`engine_eager`, the baseline of every ratio), the
     Engine with its compiled decode step (`engine_compiled`), the reference loop from before the
-    Engine's per-token overhead was cut, the Engine with bf16 weights, and naive recompute. Each
+    Engine's per-token overhead was cut, the Engine with bf16 weights (eager and compiled: other
+    tokens, from other logits), and naive recompute. Each
     path is warmed up once (the compiled one compiles then: `compile_s`), then the paths' timed
     runs are interleaved, one run of each in turn for --rounds rounds, and the median kept, so
     load from other processes slows them alike. Then RL rollouts (groups sampled in device
@@ -337,10 +338,12 @@ def bench_decode(args: argparse.Namespace) -> dict:
     model.eval()
     tokenizer = _NoSpecialsTokenizer(args.vocab_size)
     # the same weights in bf16: decoding reads every weight once per step, so halving them matters
+    bf16_model = copy.deepcopy(model).bfloat16()
     engines = {"engine_eager": Engine(model, tokenizer, compile="off"),
                "engine_compiled": Engine(model, tokenizer, compile="on"),
                "reference": ReferenceEngine(model, tokenizer, compile="off"),
-               "engine_bf16": Engine(copy.deepcopy(model).bfloat16(), tokenizer, compile="off")}
+               "engine_bf16": Engine(bf16_model, tokenizer, compile="off"),
+               "engine_bf16_compiled": Engine(bf16_model, tokenizer, compile="on")}
     baseline = "engine_eager"
     prompt = torch.randint(0, args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
     results: dict = {}
@@ -357,8 +360,9 @@ def bench_decode(args: argparse.Namespace) -> dict:
                 assert all(len(r) == args.prompt_len + args.new_tokens for r in rows[name])
 
         for name in names:
+            compiling = name in engines and engines[name].compile == "on" and engines[name].decoder is None
             progress(f"decode batch {batch}, {name}: a warm-up run of {args.new_tokens} new tokens"
-                     + (" (compiling)" if name == "engine_compiled" and engines[name].decoder is None else ""))
+                     + (" (compiling)" if compiling else ""))
             warmup_s[name] = _timed(run, name, device)
         progress(f"decode batch {batch}: {args.rounds} rounds of one run per path, in turn")
         times = _interleaved(run, names, args.rounds, device)
@@ -372,7 +376,9 @@ def bench_decode(args: argparse.Namespace) -> dict:
         # (the compiled logits differ from eager's by ~1e-6), that row follows another token from there
         r["engine_compiled_rows_same_as_engine_eager"] = _same_rows(rows["engine_compiled"], rows[baseline])
         r["reference_same_tokens_as_engine_eager"] = rows["reference"] == rows[baseline]
-        r["engine_compiled_first_run_s"] = warmup_s["engine_compiled"]
+        saved_per_token = 1 / r[f"{baseline}_tok_per_s"] - 1 / r["engine_compiled_tok_per_s"]
+        if saved_per_token > 0:  # the tokens at this batch size after which compiling has paid for itself
+            r["engine_compiled_repaid_after_tokens"] = round(engines["engine_compiled"].decoder.compile_s / saved_per_token)
     compiled = engines["engine_compiled"]
     results["rl_rollout"] = _bench_rollouts(engines, prompt, args, device)
     return {"benchmark": "decode", "device": str(device), "depth": args.depth, "vocab_size": args.vocab_size,
@@ -381,6 +387,7 @@ def bench_decode(args: argparse.Namespace) -> dict:
             "paths": {name: engine.decode_path for name, engine in engines.items()},
             # the compiled step's first call: tracing and compiling (once for every batch size and length)
             "compile_s": compiled.decoder.compile_s if compiled.decoder else None,
+            "bf16_compile_s": engines["engine_bf16_compiled"].decoder.compile_s,
             "results": results}
 
 

@@ -57,11 +57,12 @@ def test_decode_benchmark_json():
     assert result["baseline"] == "engine_eager" and set(r) == {"batch_1", "batch_3", "rl_rollout"}
     paths = result["paths"]
     assert paths["engine_eager"].startswith("eager") and paths["engine_compiled"].startswith("compiled")
-    assert result["compile_s"] > 0
+    assert result["compile_s"] > 0 and result["bf16_compile_s"] > 0
+    assert paths["engine_bf16_compiled"].startswith("compiled")
     for batch in ("batch_1", "batch_3"):
-        for name in ("engine_eager", "engine_compiled", "reference", "engine_bf16"):
+        for name in ("engine_eager", "engine_compiled", "reference", "engine_bf16", "engine_bf16_compiled"):
             assert r[batch][f"{name}_tok_per_s"] > 0
-        for name in ("engine_compiled", "reference", "engine_bf16"):
+        for name in ("engine_compiled", "reference", "engine_bf16", "engine_bf16_compiled"):
             assert r[batch][f"{name}_speedup_vs_engine_eager"] > 0
         assert r[batch]["engine_compiled_same_tokens_as_engine_eager"] is True
         n = batch.removeprefix("batch_")

@@ -220,12 +220,11 @@ def test_decode_step_equals_forward(masked):
         full = model(idx)
         cache = KVCache(2, cfg.n_kv_head, 24, cfg.n_embd // cfg.n_head, cfg.n_layer)
         model(idx[:, :8], kv_cache=cache)
-        for t in range(8, 11):  # stale values past pos must not leak in when masked
-            cache.keys[0][:, :, t + 1 :] = 1e4
+        cache.cache[:, :, :, :, 8:] = 1e4  # stale values past pos must not leak in when masked
         positions = torch.arange(24)
         for t in range(8, 20):
             window = positions if masked else positions[: t + 1]
-            logits = model.decode_step(idx[:, t : t + 1], positions[t : t + 1], window, cache.keys, cache.values, masked)
+            logits = model.decode_step(idx[:, t : t + 1], positions[t : t + 1], window, cache.cache, masked)
             torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
 
 
@@ -293,7 +292,7 @@ def test_static_shape_step_as_cuda_graphs_need_it(tiny_tokenizer):
         assert static.generate_batch(prompt, 3, **kwargs) == eager.generate_batch(prompt, 3, **kwargs)
         assert static.decode_path == "compiled (inductor, frozen weights, static shapes)"
     kept = static.decoder._static_cache[1]
-    assert kept.capacity == 64  # prompt + 30 tokens, rounded up
+    assert kept.cache.size(4) == 64  # prompt + 30 tokens, rounded up
     # two generations at once: the second may not share the first's cache
     kwargs = dict(temperature=1.0, seed=9, max_tokens=15)
     first, second = static.generate(prompt, 3, **kwargs), static.generate(prompt, 3, **kwargs)
