@@ -57,23 +57,28 @@ def weights_signature(model: torch.nn.Module) -> tuple:
 
 
 def _decode(model: GPT, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
-            masked: bool) -> torch.Tensor:
-    return model.decode_step(idx, pos, window, cache, masked)
+            masked: bool, matvec: bool) -> torch.Tensor:
+    return model.decode_step(idx, pos, window, cache, masked, matvec)
+
+
+def _cpu_graph(rows: int) -> str:
+    return "batch 1" if rows == 1 else "batch 2+"
 
 
 # one compilation at a time: freezing is switched on in Inductor's (process-wide) config while
-# dynamo traces and Inductor compiles the first call
+# dynamo traces and Inductor compiles
 _COMPILE_LOCK = threading.Lock()
 
 
 class CompiledDecoder:
     """
     GPT.decode_step compiled for one model's current weights. On CPU the weights are frozen
-    into the graph (weights_signature tells when it is stale) and the shapes are symbolic;
-    with static shapes (CUDA's default) the cache has a fixed length per power of two and the
-    step masks what it has not reached, so it can replay as a CUDA graph. Each instance
-    compiles its own copy of the step function, so its graphs, and dynamo's recompile limit,
-    are its own and are freed with it.
+    into the graph (weights_signature tells when it is stale) and there are two graphs: one
+    row (matrix-vector products Inductor writes itself) and a symbolic batch (weights packed
+    for oneDNN), both with symbolic cache and window lengths. With static shapes (CUDA's
+    default) the cache has a fixed length per power of two and the step masks what it has not
+    reached, so it can replay as a CUDA graph. Each instance compiles its own copy of the step
+    function, so its graphs, and dynamo's recompile limit, are its own and are freed with it.
     """
 
     def __init__(self, model: GPT, static: bool | None = None) -> None:
@@ -81,22 +86,22 @@ class CompiledDecoder:
         self.device = model.get_device()
         self.cuda = self.device.type == "cuda"
         self.static = self.cuda if static is None else static
-        self.freeze = not self.cuda  # CUDA graphs read the live weights; on CPU frozen ones are packed for oneDNN
+        self.freeze = not self.cuda  # CUDA graphs read the live weights; on CPU frozen ones are packed
         self.signature = weights_signature(model)
         fresh = types.FunctionType(_decode.__code__.replace(), _decode.__globals__, _decode.__name__)
         if self.static:
             self.fn = torch.compile(fresh, fullgraph=True, dynamic=False, mode="reduce-overhead" if self.cuda else None)
         else:
             self.fn = torch.compile(fresh, fullgraph=True)
-        self.compile_s: float | None = None  # the first call's time, compilation included
+        self.compile_s: dict[str, float] = {}  # per graph, its first call's time, compilation included
         self._static_cache: tuple[tuple, KVCache] | None = None  # kept for the next call (static shapes)
         self._static_busy = False
 
     def _inductor_config(self) -> dict:
         if self.cuda:
             return {}
-        # frozen weights (packed for oneDNN), and the step's kernel calls made from C++ rather than
-        # Python: ~5% faster a step on 2 CPU cores, ~2 s more to compile
+        # frozen weights, and the step's kernel calls made from C++ rather than Python (~5% faster a
+        # step on 2 CPU cores, ~2 s more to compile)
         return {"freezing": True, "cpp_wrapper": True}
 
     def describe(self) -> str:
@@ -106,10 +111,11 @@ class CompiledDecoder:
     def stale(self, model: GPT) -> bool:
         return model is not self.model or weights_signature(model) != self.signature
 
-    def rows(self, num_samples: int) -> int:
-        # on CPU a batch of one gets a second (ignored) row: the graph then has a symbolic batch,
-        # for which Inductor packs the weights for oneDNN, faster than its batch-1 kernels here
-        return num_samples if self.static else max(2, num_samples)
+    def graph(self, rows: int, capacity: int) -> str:
+        """The graph a call runs: CPU has one for a single row and one for any batch; static shapes one per shape."""
+        if self.static:
+            return f"batch {rows}, cache {capacity}"
+        return _cpu_graph(rows)
 
     def new_cache(self, rows: int, needed: int, dtype: torch.dtype) -> KVCache:
         cfg = self.model.config
@@ -118,7 +124,8 @@ class CompiledDecoder:
             # one spare position: the attended window is then always shorter than the cache, and the
             # graph is not specialized (and recompiled) for the step where it would reach the end
             cache = KVCache(rows, shape[0], needed + 1, *shape[1:], device=self.device, dtype=dtype)
-            torch._dynamo.maybe_mark_dynamic(cache.cache, 2)  # one graph for every batch
+            if rows > 1:
+                torch._dynamo.maybe_mark_dynamic(cache.cache, 2)  # one graph for every batch
             torch._dynamo.maybe_mark_dynamic(cache.cache, 4)  # and cache length
             return cache
         # a graph per (rows, length rounded up to a power of two); CUDA graphs replay fixed
@@ -142,16 +149,19 @@ class CompiledDecoder:
             self._static_busy = False
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        if self.compile_s is not None:
-            return self.fn(self.model, ids, pos, window, cache.cache, self.static)
-        # The first call compiles. Frozen, dynamo guards on the weights' identity and Inductor packs
-        # them (stale() tells when they change in place). A later recompile (a guard that fails,
-        # e.g. a window past 4,096 positions) is not frozen: slower, and still right, as it reads
-        # the weights it is given.
+        rows = ids.size(0)
+        args = (self.model, ids, pos, window, cache.cache, self.static, rows == 1 and not self.static)
+        graph = self.graph(rows, cache.cache.size(4))
+        if graph in self.compile_s:
+            return self.fn(*args)
+        # A graph's first call compiles it. Frozen, dynamo guards on the weights' identity and
+        # Inductor folds them in (stale() tells when they change in place). An unforeseen recompile
+        # (a guard that fails, e.g. a window past 4,096 positions) is not frozen: slower, and still
+        # right, as it reads the weights it is given.
         with _COMPILE_LOCK, torch._inductor.config.patch(self._inductor_config()):
             t0 = time.perf_counter()
-            logits = self.fn(self.model, ids, pos, window, cache.cache, self.static)
-            self.compile_s = time.perf_counter() - t0
+            logits = self.fn(*args)
+            self.compile_s[graph] = time.perf_counter() - t0
         return logits
 
 
@@ -174,7 +184,7 @@ class Engine:
         self.decoder: CompiledDecoder | None = None
         self.decode_path = "eager (nothing decoded yet)"
         self._compile_failed: str | None = None
-        self._eager_s = 0.0  # eager decoding time spent on the weights of _eager_signature
+        self._eager_s: dict[str, float] = {}  # per CPU graph, eager decoding time spent on the weights of _eager_signature
         self._eager_signature: tuple | None = None
         special = tokenizer.encode_special
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -250,7 +260,7 @@ class Engine:
         finally:
             release()
 
-    def _choose_path(self) -> CompiledDecoder | None:
+    def _choose_path(self, num_samples: int) -> CompiledDecoder | None:
         """The compiled decoder for this call, or None to decode eagerly; sets decode_path to say why."""
         model = self.model
         if self.decoder is not None and self.decoder.stale(model):
@@ -267,16 +277,17 @@ class Engine:
             reason = "autocast is on (the step is compiled for the weights' own dtype)"
         elif model.get_device().type not in ("cpu", "cuda"):
             reason = f"no compiled step for {model.get_device().type}"
-        elif self.decoder is None and self.compile == "auto":
-            if model.get_device().type == "cuda":
-                reason = "compile='auto' compiles on CPU only (the CUDA graph path is not measured yet: compile='on')"
-            else:
-                signature = weights_signature(model)
-                if signature != self._eager_signature:
-                    self._eager_signature, self._eager_s = signature, 0.0
-                if self._eager_s < COMPILE_AFTER_S:
-                    reason = (f"compile='auto': {self._eager_s:.1f} s decoded with these weights, "
-                              f"compiles after {COMPILE_AFTER_S:g} s")
+        elif self.compile == "auto" and model.get_device().type == "cuda":
+            reason = "compile='auto' compiles on CPU only (the CUDA graph path is not measured yet: compile='on')"
+        elif self.compile == "auto" and _cpu_graph(num_samples) not in (self.decoder.compile_s if self.decoder else {}):
+            # each graph (batch 1, larger batches) once its share of eager decoding has paid for it
+            signature = weights_signature(model)
+            if signature != self._eager_signature:
+                self._eager_signature, self._eager_s = signature, {}
+            spent = self._eager_s.get(_cpu_graph(num_samples), 0.0)
+            if spent < COMPILE_AFTER_S:
+                reason = (f"compile='auto': {spent:.1f} s decoded at this batch size with these weights, "
+                          f"compiles after {COMPILE_AFTER_S:g} s")
         if reason is not None:
             self.decode_path = f"eager ({reason})"
             return None
@@ -292,26 +303,23 @@ class Engine:
         The decode step for one generate call, (B, 1) next tokens -> (B, vocab) logits, its cache
         filled from the prompt's; and what to call when the call is over (it frees a kept cache).
         """
-        decoder = self._choose_path()
+        decoder = self._choose_path(num_samples)
         if decoder is None:
             cache = self._new_cache(num_samples, needed)
             cache.prefill(prefill_cache)
-            return self._eager_forward(cache), lambda: None
-        rows = decoder.rows(num_samples)
-        cache = decoder.new_cache(rows, needed, self._cache_dtype())
+            return self._eager_forward(cache, num_samples), lambda: None
+        cache = decoder.new_cache(num_samples, needed, self._cache_dtype())
         cache.prefill(prefill_cache)
-        device = cache.cache.device
-        positions = torch.arange(cache.cache.size(4), device=device)
-        ids = torch.zeros(rows, 1, dtype=torch.long, device=device)  # rows past num_samples: padding, ignored
-        if not decoder.static:
-            torch._dynamo.maybe_mark_dynamic(ids, 0)
+        positions = torch.arange(cache.cache.size(4), device=cache.cache.device)
+        graph = decoder.graph(num_samples, cache.cache.size(4))
         eager: Callable[[torch.Tensor], torch.Tensor] | None = None  # set if compiling fails
 
-        def forward(next_ids: torch.Tensor) -> torch.Tensor:
+        def forward(ids: torch.Tensor) -> torch.Tensor:
             nonlocal eager
-            ids[:num_samples] = next_ids
             if eager is not None:
-                return eager(ids)[:num_samples]
+                return eager(ids)
+            if not decoder.static and num_samples > 1:
+                torch._dynamo.maybe_mark_dynamic(ids, 0)
             pos = cache.pos
             if decoder.static:
                 window = positions  # the whole (fixed) cache, masked past pos
@@ -321,27 +329,27 @@ class Engine:
             try:
                 logits = decoder(ids, positions[pos : pos + 1], window, cache)
             except Exception as e:  # noqa: BLE001  a compiler that cannot run here: decode on eagerly
-                if decoder.compile_s is not None:
+                if graph in decoder.compile_s:
                     raise
                 self._compile_failed = f"{type(e).__name__}: {e}".splitlines()[0][:200]
                 self.decoder = None
                 self.decode_path = f"eager (compiling failed: {self._compile_failed})"
                 logger.warning("engine: compiling the decode step failed, decoding eagerly: %s", self._compile_failed)
-                eager = self._eager_forward(cache)
-                return eager(ids)[:num_samples]
+                eager = self._eager_forward(cache, num_samples)
+                return eager(ids)
             cache.pos = pos + 1
-            return logits[:num_samples]
+            return logits
 
         return forward, lambda: decoder.release(cache)
 
-    def _eager_forward(self, cache: KVCache) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _eager_forward(self, cache: KVCache, num_samples: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """model.forward with the cache, one token per row; the time it takes counts towards compile='auto'."""
-        model = self.model
+        model, graph = self.model, _cpu_graph(num_samples)
 
         def forward(next_ids: torch.Tensor) -> torch.Tensor:
             t0 = time.perf_counter()
             logits = model(next_ids, kv_cache=cache)[:, -1, :]
-            self._eager_s += time.perf_counter() - t0
+            self._eager_s[graph] = self._eager_s.get(graph, 0.0) + time.perf_counter() - t0
             return logits
 
         return forward

@@ -68,6 +68,18 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, matvec: bool) -> torch.Tensor:
+    """
+    F.linear in the decode step; with matvec (one row) written as a product and a sum, which
+    Inductor fuses with what produces x and compiles to one pass over the weights: on CPU twice
+    as fast as the library's matrix-vector call at batch 1. Each further row would read the
+    weights again, so batches keep F.linear.
+    """
+    if matvec:
+        return (x.unsqueeze(-2) * weight).sum(dim=-1)
+    return F.linear(x, weight)
+
+
 class KVCache:
     """
     Keys and values of every layer for a batch of sequences, all at the same position.
@@ -151,7 +163,7 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y)
 
     def decode_step(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor,
-                    window: torch.Tensor, cache: torch.Tensor, masked: bool) -> torch.Tensor:
+                    window: torch.Tensor, cache: torch.Tensor, masked: bool, matvec: bool) -> torch.Tensor:
         """
         forward() for one new token per row (x: (B, 1, C)) with the position a tensor: k, v are
         written in place at `pos` of the cache (a KVCache's (layers, 2, B, H, T, D) tensor), and
@@ -160,9 +172,9 @@ class CausalSelfAttention(nn.Module):
         out, so the window can be the whole cache and no shape changes between steps (CUDA graphs).
         """
         B, _, C = x.size()
-        q = self.c_q(x).view(B, 1, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, 1, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, 1, self.n_kv_head, self.head_dim)
+        q = decode_linear(x, self.c_q.weight, matvec).view(B, 1, self.n_head, self.head_dim)
+        k = decode_linear(x, self.c_k.weight, matvec).view(B, 1, self.n_kv_head, self.head_dim)
+        v = decode_linear(x, self.c_v.weight, matvec).view(B, 1, self.n_kv_head, self.head_dim)
         cos, sin = cos_sin
         q, k = norm(apply_rotary_emb(q, cos, sin)), norm(apply_rotary_emb(k, cos, sin))
         # one indexed write into the whole cache (a compiled step does it in place; writing through
@@ -179,7 +191,7 @@ class CausalSelfAttention(nn.Module):
             scores = scores.masked_fill(window > pos, float("-inf"))
         weights = (scores - scores.amax(dim=-1, keepdim=True)).exp()
         y = (weights.to(v_seen.dtype) @ v_seen).float() / weights.sum(dim=-1, keepdim=True)  # (B, H_kv, group, D)
-        return self.c_proj(y.to(x.dtype).view(B, 1, C))
+        return decode_linear(y.to(x.dtype).view(B, 1, C), self.c_proj.weight, matvec)
 
 
 class MLP(nn.Module):
@@ -190,6 +202,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.relu(self.c_fc(x)).square())
+
+    def decode_step(self, x: torch.Tensor, matvec: bool) -> torch.Tensor:
+        return decode_linear(F.relu(decode_linear(x, self.c_fc.weight, matvec)).square(), self.c_proj.weight, matvec)
 
 
 class Block(nn.Module):
@@ -203,9 +218,9 @@ class Block(nn.Module):
         return x + self.mlp(norm(x))
 
     def decode_step(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor,
-                    window: torch.Tensor, cache: torch.Tensor, masked: bool) -> torch.Tensor:
-        x = x + self.attn.decode_step(norm(x), cos_sin, pos, window, cache, masked)
-        return x + self.mlp(norm(x))
+                    window: torch.Tensor, cache: torch.Tensor, masked: bool, matvec: bool) -> torch.Tensor:
+        x = x + self.attn.decode_step(norm(x), cos_sin, pos, window, cache, masked, matvec)
+        return x + self.mlp.decode_step(norm(x), matvec)
 
 
 class GPT(nn.Module):
@@ -320,19 +335,19 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
-                    masked: bool = False) -> torch.Tensor:
+                    masked: bool = False, matvec: bool = False) -> torch.Tensor:
         """
         One decoding step in a form a compiler can capture once and replay: every row's next
         token idx (B, 1) at position pos (a (1,) long tensor), written in place into cache (a
         KVCache's tensor), attention over its first len(window) positions (see
-        CausalSelfAttention.decode_step). Returns the (B, vocab) fp32 logits, as
-        forward(idx, kv_cache=...)[:, -1] does up to rounding.
+        CausalSelfAttention.decode_step; matvec: see decode_linear). Returns the (B, vocab) fp32
+        logits, as forward(idx, kv_cache=...)[:, -1] does up to rounding.
         """
         x = norm(self.transformer.wte(idx))
         cos_sin = self.cos.index_select(1, pos).to(x.dtype), self.sin.index_select(1, pos).to(x.dtype)
         for block in self.transformer.h:
-            x = block.decode_step(x, cos_sin, pos, window, cache, masked)
-        logits = self.lm_head(norm(x)[:, -1]).float()
+            x = block.decode_step(x, cos_sin, pos, window, cache, masked, matvec)
+        logits = decode_linear(norm(x)[:, -1], self.lm_head.weight, matvec).float()
         return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 
     @torch.inference_mode()

@@ -378,14 +378,16 @@ def bench_decode(args: argparse.Namespace) -> dict:
         r["reference_same_tokens_as_engine_eager"] = rows["reference"] == rows[baseline]
         saved_per_token = 1 / r[f"{baseline}_tok_per_s"] - 1 / r["engine_compiled_tok_per_s"]
         if saved_per_token > 0:  # the tokens at this batch size after which compiling has paid for itself
-            r["engine_compiled_repaid_after_tokens"] = round(engines["engine_compiled"].decoder.compile_s / saved_per_token)
+            decoder = engines["engine_compiled"].decoder
+            r["engine_compiled_repaid_after_tokens"] = round(decoder.compile_s[decoder.graph(batch, 0)] / saved_per_token)
     compiled = engines["engine_compiled"]
     results["rl_rollout"] = _bench_rollouts(engines, prompt, args, device)
     return {"benchmark": "decode", "device": str(device), "depth": args.depth, "vocab_size": args.vocab_size,
             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
             "rounds": args.rounds, "baseline": baseline,
             "paths": {name: engine.decode_path for name, engine in engines.items()},
-            # the compiled step's first call: tracing and compiling (once for every batch size and length)
+            # each compiled graph's first call, tracing and compiling: on CPU one graph serves batch 1,
+            # another every larger batch, whatever the lengths
             "compile_s": compiled.decoder.compile_s if compiled.decoder else None,
             "bf16_compile_s": engines["engine_bf16_compiled"].decoder.compile_s,
             "results": results}

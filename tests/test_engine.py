@@ -169,14 +169,16 @@ def test_compiled_decoding_gives_the_eager_tokens(compiled_pair, tiny_tokenizer)
 
     model, eager, compiled = compiled_pair
     prompt = tiny_tokenizer.encode("the cat sat on", prepend="<|bos|>")
-    greedy = compiled.generate_batch(prompt, num_samples=3, max_tokens=30, temperature=0.0)
-    assert compiled.decode_path == "compiled (inductor, frozen weights)" and compiled.decoder.compile_s > 0
-    assert greedy == eager.generate_batch(prompt, num_samples=3, max_tokens=30, temperature=0.0)
     reference = list(model.generate(prompt, max_tokens=30, temperature=0.0))
     cut = next((i for i, t in enumerate(reference) if t in compiled.stop_tokens), len(reference))
-    assert greedy[0][0] == prompt + reference[:cut]
+    for num_samples in (3, 1):  # a batch, then one row: a graph each
+        greedy = compiled.generate_batch(prompt, num_samples=num_samples, max_tokens=30, temperature=0.0)
+        assert greedy == eager.generate_batch(prompt, num_samples=num_samples, max_tokens=30, temperature=0.0)
+        assert greedy[0][0] == prompt + reference[:cut]
+    assert compiled.decode_path == "compiled (inductor, frozen weights)"
+    assert set(compiled.decoder.compile_s) == {"batch 1", "batch 2+"}
     graphs = counters["stats"]["unique_graphs"]
-    # batch 1 (run with a padding row), other batches, prompts and lengths: the same graph, no recompiling
+    # other batches, prompts and lengths: the same two graphs, no recompiling
     for num_samples, text, kwargs in [(1, "over hill", dict(temperature=1.0, seed=0)),
                                       (5, "the cat sat on", dict(temperature=0.8, top_k=50, seed=1)),
                                       (4, "apple river and", dict(temperature=1.3, top_k=5, seed=3, max_tokens=50))]:
@@ -241,6 +243,10 @@ def test_auto_compiles_after_enough_eager_decoding_and_not_on_changed_weights(ti
     assert auto.decode_path.startswith("eager (compile='auto'") and auto.decoder is None
     assert auto.generate_batch(prompt, **kwargs) == first == eager.generate_batch(prompt, **kwargs)
     assert auto.decode_path.startswith("compiled") and auto.decoder is not None
+    one = dict(kwargs, num_samples=1)  # one row runs another graph: it waits for its own share of eager decoding
+    assert auto.generate_batch(prompt, **one) == eager.generate_batch(prompt, **one)
+    assert auto.decode_path.startswith("eager (compile='auto': 0.0 s decoded at this batch size")
+    assert auto.generate_batch(prompt, **kwargs) == first and auto.decode_path.startswith("compiled")
     with torch.no_grad():  # an optimizer step: the frozen graph is stale, and these weights new
         for p in model.parameters():
             p.mul_(1.1)
