@@ -6,16 +6,18 @@ that row as <|output_start|>result<|output_end|> (mask 0: the model did not choo
 
 Decoding runs one of two paths (Engine.decode_path says which, and why):
 - eager: model.forward with the KV cache, one op at a time (the reference);
-- compiled: GPT.decode_step captured once by torch.compile. On CPU the weights are frozen
-  into the graph (Inductor packs them for oneDNN) and the batch, the cache's length and the
-  attended length are symbolic, so one compilation serves every generate call with these
-  weights; on CUDA the cache is a fixed size (the length rounded up to a power of two), the
-  step masks what it has not reached, and it replays as a CUDA graph.
+- compiled: GPT.decode_step captured by torch.compile. On CPU the weights are frozen into
+  the graph, and there are two graphs, whatever the lengths: one row (each linear layer a
+  product-and-sum Inductor streams the weights for) and any larger batch (weights packed for
+  oneDNN). On CUDA (compile="on") the cache is a fixed size (the length rounded up to a power
+  of two), the step masks what it has not reached, and it replays as a CUDA graph.
 Sampling, the tool's bookkeeping and the host sync stay outside the graph and draw from the
-same torch.Generator, so a seed gives the same tokens on both paths (the logits differ in
-rounding only, ~1e-6). compile="auto" (the default) compiles on CPU once the engine has
-decoded for COMPILE_AFTER_S seconds with unchanged weights: an interactive chat or an RL run,
-whose weights change every step, stays eager; a long evaluation or a benchmark compiles.
+same torch.Generator, so a seed gives the same tokens on both paths up to the logits'
+rounding (~1e-6): greedy tokens match, and a sampled row can part only where its uniform draw
+falls within that rounding of a cumulative probability. compile="auto" (the default) compiles
+a CPU graph once the engine has decoded COMPILE_AFTER_S seconds at its batch size with
+unchanged weights: an interactive chat or an RL run, whose weights change every step, stays
+eager; a long evaluation or a benchmark compiles.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ STOP_TOKENS = ("<|assistant_end|>", "<|user_start|>", "<|user_end|>", "<|assista
 
 
 COMPILE_MODES = ("auto", "on", "off")
-# compile="auto" on CPU: compile the decode step once this much eager decoding has been spent on
-# the same weights. Compiling takes ~5-15 s on 2 CPU cores and then saves about half of each
-# step's time (README, Benchmarks), so it is repaid after a comparable amount of decoding.
+# compile="auto" on CPU: compile a graph once this much eager decoding at its batch size has been
+# spent on the same weights. A graph takes 12-15 s to compile on 2 CPU cores and then saves more
+# than half of each step's time (README, Benchmarks): it is repaid after a comparable amount of
+# decoding, and deciding this way never costs more than about twice the better choice.
 COMPILE_AFTER_S = 20.0
 
 
