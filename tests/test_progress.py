@@ -24,9 +24,13 @@ def test_bench_says_what_it_runs_on_stderr_and_keeps_stdout_json(capsys):
     second, _ = decoder.raw_decode(out[end:].lstrip())
     assert first["benchmark"] == "train" and second["benchmark"] == "decode"  # stdout holds the JSON and only it
     lines = err.splitlines()
-    # one line before each timed thing: every training path, every (batch, decoder) pair
+    # one line before each timed thing: every training path, every (batch, decoder) pair's warm-up, each batch's rounds
     assert sum(line.startswith("bench: train ") for line in lines) == 2
-    assert sum(line.startswith("bench: decode batch ") for line in lines) == 2 * 4  # naive, reference, engine, bf16
+    decoders = ("engine_eager", "engine_compiled", "reference", "engine_bf16", "engine_bf16_compiled", "naive")
+    for batch in (1, 2):
+        assert [line.split(", ")[1].split(":")[0] for line in lines if line.startswith(f"bench: decode batch {batch}, ")] \
+            == list(decoders)
+        assert sum(line.startswith(f"bench: decode batch {batch}: ") and "rounds" in line for line in lines) == 1
 
 
 def test_base_loss_announces_each_split_and_the_sampling(synthetic_setup, capsys):
