@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat import resume
-from nanochat.common import compute_init
+from nanochat.common import compute_cleanup, compute_init
 from nanochat.resume import save_training_checkpoint, start_fresh
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -38,6 +38,7 @@ def main(checkpoint_dir: str) -> None:
     dist.all_reduce(total)  # both ranks got here, together
     assert total.item() == 3.0 and not os.listdir(checkpoint_dir), os.listdir(checkpoint_dir)
     print(f"rank {rank}: overwrite done")
+    compute_cleanup()  # leave the process group together: a rank exiting inside it can abort the other
 
 
 if __name__ == "__main__":
