@@ -14,7 +14,7 @@ resumed from that position sees exactly the tokens the uninterrupted run would h
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -186,12 +186,17 @@ def sft_batch(conversations: list[dict], tokenizer: Any, max_len: int, device: s
     One conversation a row, right-padded to the longest: targets are the next tokens where the
     tokenizer's mask says the assistant wrote them, and -1 (ignored) everywhere else.
     """
-    pad = tokenizer.get_bos_token_id()
     rows = []
     for conversation in conversations:
         ids, mask = tokenizer.render_conversation(conversation, max_tokens=max_len + 1)
         targets = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
         rows.append((ids[:-1], targets))
+    return padded_rows(rows, tokenizer.get_bos_token_id(), device)
+
+
+def padded_rows(rows: Sequence[tuple[list[int], list[int]]], pad: int, device: str | torch.device = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) rows right-padded to the longest: inputs with `pad`, targets with -1 (ignored)."""
     width = max(len(inputs) for inputs, _ in rows)
     inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows], dtype=torch.long)
     targets = torch.tensor([y + [-1] * (width - len(y)) for _, y in rows], dtype=torch.long)

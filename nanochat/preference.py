@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from nanochat.checkpoint_manager import COMPILED_PREFIX, find_largest_model, find_last_step, load_checkpoint
 from nanochat.common import get_base_dir, get_dist_info
-from nanochat.dataloader import rank_batches
+from nanochat.dataloader import padded_rows, rank_batches
 from nanochat.errors import NanochatError
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.schedules import apply_schedule
@@ -63,11 +63,7 @@ def pair_batch(pairs: Sequence[dict], tokenizer: Any, max_len: int, device: str 
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of shape (2B, T): the chosen conversations' rows, then the rejected ones'."""
     rows = [final_reply_row(with_reply(p, p[side]), tokenizer, max_len) for side in ("chosen", "rejected") for p in pairs]
-    width = max(len(x) for x, _ in rows)
-    pad = tokenizer.get_bos_token_id()
-    inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows], dtype=torch.long)
-    targets = torch.tensor([y + [-1] * (width - len(y)) for _, y in rows], dtype=torch.long)
-    return inputs.to(device), targets.to(device)
+    return padded_rows(rows, tokenizer.get_bos_token_id(), device)
 
 
 def sequence_logprobs(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
@@ -209,23 +205,25 @@ def held_out_sums(dataset: Any, tokenizer: Any, B: int, max_len: int, device: to
     sums over all ranks, the pair count, and the accuracy per kind of pair (the twin's kinds;
     empty when the pairs have none).
     """
-    kinds = sorted({dataset[i]["kind"] for i in range(len(dataset)) if "kind" in dataset[i]})
+    pair_kinds = [dataset[i].get("kind") for i in range(len(dataset))]
+    kinds = sorted({kind for kind in pair_kinds if kind is not None})
     totals = torch.zeros(len(names) + 1 + 2 * len(kinds), device=device)  # names, pairs, right and count per kind
     mine = my_pairs(dataset)
     for k in range(0, len(mine), B):
         chunk = mine[k : k + B]
         inputs, targets = pair_batch([dataset[i] for i in chunk], tokenizer, max_len, device)
         sums, right = chunk_sums(chunk, inputs, targets)
-        of_kind = torch.tensor([[dataset[i].get("kind") == kind for i in chunk] for kind in kinds], device=device,
+        of_kind = torch.tensor([[pair_kinds[i] == kind for i in chunk] for kind in kinds], device=device,
                                dtype=torch.float32).reshape(len(kinds), len(chunk))
         totals += torch.cat([torch.stack([*sums, torch.tensor(float(len(chunk)), device=device)]),
                              of_kind @ right.float(), of_kind.sum(1)])
     if get_dist_info()[0]:
         dist.all_reduce(totals)  # a rank with no pairs still joins, with zeros
     values = totals.tolist()
-    right_by_kind, count_by_kind = values[len(names) + 1 :][: len(kinds)], values[len(names) + 1 + len(kinds) :]
-    by_kind = {kind: r / max(c, 1) for kind, r, c in zip(kinds, right_by_kind, count_by_kind)}
-    return dict(zip(names, values[: len(names)])), values[len(names)], by_kind
+    n = len(names)
+    right, count = values[n + 1 : n + 1 + len(kinds)], values[n + 1 + len(kinds) :]
+    by_kind = {kind: r / max(c, 1) for kind, r, c in zip(kinds, right, count)}
+    return dict(zip(names, values[:n])), values[n], by_kind
 
 
 def train_on_pairs(loop: Any, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], batches: Any,
@@ -386,9 +384,7 @@ def load_reward_model(device: torch.device | str, model_tag: str | None = None, 
 @torch.no_grad()
 def score_conversation(model: GPT, tokenizer: Any, conversation: dict, max_len: int | None = None) -> float:
     """The reward model's score of a conversation's final assistant reply."""
-    inputs, targets = final_reply_row(conversation, tokenizer, max_len or model.config.sequence_len)
-    device = model.lm_head.weight.device
-    return reply_rewards(model, torch.tensor([inputs], device=device), torch.tensor([targets], device=device)).item()
+    return score_conversations(model, tokenizer, [conversation], 1, max_len)[0]
 
 
 # ---- scoring many conversations (chat_rl --reward_model) ----
@@ -403,12 +399,9 @@ def score_conversations(model: GPT, tokenizer: Any, conversations: Sequence[dict
     """
     max_len = max_len or model.config.sequence_len
     device = model.lm_head.weight.device
-    pad = tokenizer.get_bos_token_id()
     scores: list[float] = []
     for start in range(0, len(conversations), batch_size):
         rows = [final_reply_row(c, tokenizer, max_len) for c in conversations[start : start + batch_size]]
-        width = max(len(inputs) for inputs, _ in rows)
-        inputs = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows], dtype=torch.long, device=device)
-        targets = torch.tensor([y + [-1] * (width - len(y)) for _, y in rows], dtype=torch.long, device=device)
+        inputs, targets = padded_rows(rows, tokenizer.get_bos_token_id(), device)
         scores += reply_rewards(model, inputs, targets).tolist()  # one device sync per batch
     return scores
