@@ -47,7 +47,7 @@ from nanochat.report import get_report
 from nanochat.rl import (REWARD_TASKS, Group, ProblemSampler, RewardPool, SamplingConfig, answer_conversations,
                          parse_tasks, sample_group)
 from nanochat.stages import STAGES
-from scripts.flags import ArgumentParser, add_device_args, positive_int
+from scripts.flags import ArgumentParser, add_device_args, optional_top_k, positive_int
 from tasks.preferences import validate_pair
 
 OUTPUT_FOLDER = "preference_data"  # under $NANOCHAT_BASE_DIR
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval_problems", type=int, default=256,
                    help="held-out pairs (for --val_data_files) from the first N test problems; -1: all, 0: none")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0: the answers must differ)")
-    p.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top_k", type=optional_top_k, default=None, help="sample among the k likeliest tokens (none: all)")
     p.add_argument("--max_new_tokens", type=positive_int, default=256, help="most tokens per answer")
     p.add_argument("--device_batch_size", type=positive_int, default=8, help="most answers in one forward pass")
     p.add_argument("--reward_workers", type=positive_int, default=4, help="rewards scored at once (HumanEval: sandboxes)")
@@ -79,8 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.temperature <= 0:
         p.error(f"--temperature must be > 0, got {args.temperature}: greedy answers are all the same, so no pair")
-    if args.top_k < 0:
-        p.error(f"--top_k must be >= 0 (0: all tokens), got {args.top_k}")
     return args
 
 
@@ -152,7 +150,7 @@ def sample_share(engine: Engine, tokenizer, tasks: dict, problems: list[tuple[st
                  args: argparse.Namespace, autocast: contextlib.AbstractContextManager) -> list[Outcome]:
     """This rank's problems (rank, rank + world_size, ...), each answered num_samples times and paired where it can be."""
     _, rank, _, world_size = get_dist_info()
-    sampling = SamplingConfig(args.max_new_tokens, args.top_k or None, args.device_batch_size)
+    sampling = SamplingConfig(args.max_new_tokens, args.top_k, args.device_batch_size)
     pool = RewardPool(args.reward_workers)
     mine: list[Outcome] = []
     bar = tqdm(range(rank, len(problems), world_size), desc=split, unit="problem", disable=rank != 0)

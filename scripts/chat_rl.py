@@ -45,17 +45,12 @@ from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
 from nanochat.training import (StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage,
                                train_step_token_normalized)
-from scripts.flags import ArgumentParser, add_stage_args, positive_int
+from scripts.flags import ArgumentParser, add_stage_args, optional_top_k, positive_int
 
 REFILL_KEYS = 1 << 40  # dynamic sampling's fresh problems are numbered from here: never a regular slot's number
 # --kl_coef when --reward_model is given and --kl_coef is not: a learned reward can be gamed, and the
 # KL to the source is what keeps the policy near the replies the reward model was trained to judge
 RM_KL_COEF = 0.05
-
-
-def optional_top_k(value: str) -> int | None:
-    """--top_k: a positive int, or none/0 for the full distribution."""
-    return None if value.lower() in ("none", "0") else positive_int(value)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

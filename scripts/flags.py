@@ -129,6 +129,11 @@ def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error(f"--max_tokens must be >= 1, got {args.max_tokens}")
 
 
+def optional_top_k(value: str) -> int | None:
+    """--top_k: a positive int, or none/0 for the full distribution."""
+    return None if value.lower() in ("none", "0") else positive_int(value)
+
+
 def twin_kinds(text: str) -> tuple[str, ...]:
     """--twin_kinds: a comma-separated list of the preference twin's perturbation kinds."""
     from tasks.preferences import PERTURBATIONS  # here: the scripts that chat need not load the tasks
