@@ -68,6 +68,11 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
+def soft_cap(logits: torch.Tensor) -> torch.Tensor:
+    """Logits squashed smoothly into (-LOGIT_SOFTCAP, LOGIT_SOFTCAP), as the model was trained (forward and decode_step)."""
+    return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+
+
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, matvec: bool) -> torch.Tensor:
     """
     F.linear in the decode step; with matvec (one row) written as a product and a sum, which
@@ -329,7 +334,7 @@ class GPT(nn.Module):
             return chunked_head_loss(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), LOGIT_SOFTCAP,
                                      loss_reduction)
         logits = self.lm_head(x).float()
-        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        logits = soft_cap(logits)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
@@ -348,7 +353,7 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block.decode_step(x, cos_sin, pos, window, cache, masked, matvec)
         logits = decode_linear(norm(x)[:, -1], self.lm_head.weight, matvec).float()
-        return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        return soft_cap(logits)
 
     @torch.inference_mode()
     def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
