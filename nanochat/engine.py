@@ -64,6 +64,12 @@ def _decode(model: GPT, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tens
     return model.decode_step(idx, pos, window, cache, masked, matvec)
 
 
+def _own_forward(model: torch.nn.Module) -> bool:
+    """A model that is not a GPT, or overrides its forward or decode step: it has no decode step to batch or compile."""
+    return not isinstance(model, GPT) or type(model).forward is not GPT.forward \
+        or type(model).decode_step is not GPT.decode_step
+
+
 def _cpu_graph(rows: int) -> str:
     return "batch 1" if rows == 1 else "batch 2+"
 
@@ -217,6 +223,13 @@ class Engine:
         elif row.python_tokens is not None:
             row.python_tokens.append(token)
 
+    def _room(self, prompt_len: int, max_tokens: int | None) -> int:
+        """How many tokens can follow a prompt of prompt_len: max_tokens, or fewer where the context ends."""
+        limit = self.model.max_context - prompt_len
+        if limit <= 0:
+            raise ContextFullError(f"prompt of {prompt_len} tokens leaves no room in the model's context")
+        return limit if max_tokens is None else min(max_tokens, limit)
+
     @torch.inference_mode()
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 42) -> Iterator[tuple[list[int], list[int]]]:
@@ -227,21 +240,87 @@ class Engine:
         """
         if not tokens:
             raise ValueError("generate needs at least one prompt token")
-        device = self.model.get_device()
-        rng = torch.Generator(device=device)
-        rng.manual_seed(seed)
-        limit = self.model.max_context - len(tokens)
-        if limit <= 0:
-            raise ContextFullError(f"prompt of {len(tokens)} tokens leaves no room in the model's context")
-        max_tokens = limit if max_tokens is None else min(max_tokens, limit)
-
+        max_tokens = self._room(len(tokens), max_tokens)
         prefill_cache = self._new_cache(1, len(tokens))
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.model.get_device())
         logits = self.model(ids, kv_cache=prefill_cache)[:, -1, :].expand(num_samples, -1)
         forward, release = self._decode_forward(prefill_cache, num_samples, len(tokens) + max_tokens)
         del prefill_cache
+        yield from self._decode_loop(logits, forward, release, max_tokens, temperature, top_k, seed)
 
-        rows = [RowState() for _ in range(num_samples)]
+    @torch.inference_mode()
+    def generate_many(self, prompts: list[list[int]], num_samples: list[int], max_tokens: int | None = None,
+                      temperature: float = 1.0, top_k: int | None = None,
+                      seed: int = 42) -> Iterator[tuple[list[int], list[int]]]:
+        """
+        generate() for several prompts at once: num_samples[j] rows answer prompts[j], in order,
+        all decoded as one batch (a step costs little more for more rows, so this is faster than
+        a batch per prompt). Each prompt is prefilled once at its own length and each row then
+        stands at its own position (GPT.decode_step with a position per row, masked past it).
+        max_tokens counts for every row. One prompt is generate(prompts[0], num_samples[0]).
+        """
+        if len(prompts) != len(num_samples) or not prompts or min(num_samples) < 1:
+            raise ValueError("generate_many needs one count of at least 1 per prompt")
+        if len(prompts) == 1:
+            yield from self.generate(prompts[0], num_samples[0], max_tokens, temperature, top_k, seed)
+            return
+        if not all(prompts):
+            raise ValueError("generate_many needs at least one token in every prompt")
+        model, device = self.model, self.model.get_device()
+        top = max(len(p) for p in prompts) - 1  # the furthest row's position
+        max_tokens = self._room(top + 1, max_tokens)
+        if _own_forward(model):
+            yield from self._one_prompt_at_a_time(prompts, num_samples, max_tokens, temperature, top_k, seed)
+            return
+        cache = self._new_cache(sum(num_samples), top + 1 + max_tokens)
+        first_logits, row = [], 0
+        for prompt, n in zip(prompts, num_samples):
+            prefill_cache = self._new_cache(1, len(prompt))
+            ids = torch.tensor([prompt], dtype=torch.long, device=device)
+            first_logits.append(model(ids, kv_cache=prefill_cache)[:, -1, :].expand(n, -1))
+            cache.cache[:, :, row : row + n, :, : len(prompt)] = prefill_cache.cache[:, :, :, :, : len(prompt)]
+            row += n
+        pos = torch.tensor([len(p) for p, n in zip(prompts, num_samples) for _ in range(n)], device=device)
+        positions = torch.arange(cache.cache.size(4), device=device)
+        self.decode_path = "eager (prompts of different lengths: a position per row)"
+
+        def forward(next_ids: torch.Tensor) -> torch.Tensor:
+            nonlocal pos, top
+            top += 1
+            # the window reaches the furthest row; each row is masked past its own position
+            logits = model.decode_step(next_ids, pos, positions[: top + 1], cache.cache, masked=True)
+            pos = pos + 1
+            return logits
+
+        yield from self._decode_loop(torch.cat(first_logits), forward, lambda: None, max_tokens, temperature, top_k, seed)
+
+    def _one_prompt_at_a_time(self, prompts: list[list[int]], num_samples: list[int], max_tokens: int,
+                              temperature: float, top_k: int | None, seed: int) -> Iterator[tuple[list[int], list[int]]]:
+        """
+        generate_many for a model with its own forward (no decode step by row): each prompt's
+        generate() in turn, its columns laid side by side. A prompt whose rows all stopped early
+        is padded with stop tokens, which its rows, already stopped, ignore.
+        """
+        streams = [list(self.generate(p, n, max_tokens, temperature, top_k, seed + j))
+                   for j, (p, n) in enumerate(zip(prompts, num_samples))]
+        stop = self.tokenizer.encode_special("<|assistant_end|>")
+        for step in range(max(len(stream) for stream in streams)):
+            column, masks = [], []
+            for stream, n in zip(streams, num_samples):
+                tokens, token_masks = stream[step] if step < len(stream) else ([stop] * n, [1] * n)
+                column += tokens
+                masks += token_masks
+            yield column, masks
+
+    def _decode_loop(self, logits: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor],
+                     release: Callable[[], None], max_tokens: int, temperature: float, top_k: int | None,
+                     seed: int) -> Iterator[tuple[list[int], list[int]]]:
+        """Sample from the first logits (B, vocab), then step forward until every row stops or max_tokens; release at the end."""
+        device = logits.device
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        num_rows = logits.size(0)
+        rows = [RowState() for _ in range(num_rows)]
         # the tokens that change a row's state; a step where no row sampled one, and no row is
         # inside a tool call or has output queued, needs no per-row Python at all
         markers = self.stop_tokens | {self.python_start, self.python_end}
@@ -251,13 +330,13 @@ class Engine:
             for step in range(max_tokens):
                 next_ids = sample_next_token(logits, rng, temperature, top_k)  # (B, 1), fed back as is when nothing is forced
                 column = next_ids[:, 0].tolist()  # the step's one device-to-host sync
-                masks = [1] * num_samples
+                masks = [1] * num_rows
                 if busy or not markers.isdisjoint(column):
                     forced_any = self._bookkeep(rows, column, masks, markers, busy, done)
                     if forced_any:
                         next_ids = torch.tensor(column, dtype=torch.long, device=device)[:, None]
                 yield column, masks
-                if len(done) == num_samples or step == max_tokens - 1:
+                if len(done) == num_rows or step == max_tokens - 1:
                     return
                 logits = forward(next_ids)
         finally:
@@ -273,8 +352,7 @@ class Engine:
             reason = "compile='off'"
         elif self._compile_failed:
             reason = f"compiling failed: {self._compile_failed}"
-        elif not isinstance(model, GPT) or type(model).forward is not GPT.forward \
-                or type(model).decode_step is not GPT.decode_step:
+        elif _own_forward(model):
             reason = f"{type(model).__name__} has its own forward"
         elif torch.is_autocast_enabled(model.get_device().type):
             reason = "autocast is on (the step is compiled for the weights' own dtype)"

@@ -170,11 +170,13 @@ class CausalSelfAttention(nn.Module):
     def decode_step(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor,
                     window: torch.Tensor, cache: torch.Tensor, masked: bool, matvec: bool) -> torch.Tensor:
         """
-        forward() for one new token per row (x: (B, 1, C)) with the position a tensor: k, v are
-        written in place at `pos` of the cache (a KVCache's (layers, 2, B, H, T, D) tensor), and
-        the query attends to the cache's first len(window) positions. Unmasked, the window must
-        end at pos (the CPU path passes positions 0..pos); masked, positions after pos are left
-        out, so the window can be the whole cache and no shape changes between steps (CUDA graphs).
+        forward() for one new token per row (x: (B, 1, C)) with the position a tensor, one for
+        all rows (1,) or one per row (B,): k, v are written in place at `pos` of the cache (a
+        KVCache's (layers, 2, B, H, T, D) tensor), and the query attends to the cache's first
+        len(window) positions. Unmasked, the window must end at pos (the CPU path passes positions
+        0..pos); masked, each row leaves out the positions after its own pos, so the window can be
+        the whole cache and no shape changes between steps (CUDA graphs), or rows can stand at
+        different positions (prompts of different lengths decoded together).
         """
         B, _, C = x.size()
         q = decode_linear(x, self.c_q.weight, matvec).view(B, 1, self.n_head, self.head_dim)
@@ -184,7 +186,11 @@ class CausalSelfAttention(nn.Module):
         q, k = norm(apply_rotary_emb(q, cos, sin)), norm(apply_rotary_emb(k, cos, sin))
         # one indexed write into the whole cache (a compiled step does it in place; writing through
         # a view of one layer would make the compiler copy the cache every step)
-        cache[pos.new_full((1,), self.layer_idx), :, :, :, pos] = torch.stack((k[:, 0], v[:, 0]))[None]
+        if pos.size(0) == 1:
+            cache[pos.new_full((1,), self.layer_idx), :, :, :, pos] = torch.stack((k[:, 0], v[:, 0]))[None]
+        else:  # each row at its own position: row b's k, v at cache[layer, :, b, :, pos[b]]
+            rows = torch.arange(B, device=pos.device)
+            cache[self.layer_idx, :, rows, :, pos] = torch.stack((k[:, 0], v[:, 0]), dim=1).to(cache.dtype)
         W = window.size(0)
         k_seen, v_seen = cache[self.layer_idx, 0, :, :, :W], cache[self.layer_idx, 1, :, :, :W]  # (B, H_kv, W, D)
         # One query per row: plain matmuls, the softmax's normalization applied after the second
@@ -193,7 +199,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, self.n_kv_head, self.n_head // self.n_kv_head, self.head_dim)
         scores = (q @ k_seen.transpose(-1, -2)).float() * self.head_dim**-0.5  # (B, H_kv, group, W)
         if masked:
-            scores = scores.masked_fill(window > pos, float("-inf"))
+            scores = scores.masked_fill((window > pos[:, None])[:, None, None, :], float("-inf"))
         weights = (scores - scores.amax(dim=-1, keepdim=True)).exp()
         y = (weights.to(v_seen.dtype) @ v_seen).float() / weights.sum(dim=-1, keepdim=True)  # (B, H_kv, group, D)
         return decode_linear(y.to(x.dtype).view(B, 1, C), self.c_proj.weight, matvec)
@@ -343,13 +349,14 @@ class GPT(nn.Module):
                     masked: bool = False, matvec: bool = False) -> torch.Tensor:
         """
         One decoding step in a form a compiler can capture once and replay: every row's next
-        token idx (B, 1) at position pos (a (1,) long tensor), written in place into cache (a
-        KVCache's tensor), attention over its first len(window) positions (see
-        CausalSelfAttention.decode_step; matvec: see decode_linear). Returns the (B, vocab) fp32
-        logits, as forward(idx, kv_cache=...)[:, -1] does up to rounding.
+        token idx (B, 1) at position pos (a (1,) long tensor, or (B,): a position per row),
+        written in place into cache (a KVCache's tensor), attention over its first len(window)
+        positions (see CausalSelfAttention.decode_step; matvec: see decode_linear). Returns the
+        (B, vocab) fp32 logits, as forward(idx, kv_cache=...)[:, -1] does up to rounding.
         """
         x = norm(self.transformer.wte(idx))
-        cos_sin = self.cos.index_select(1, pos).to(x.dtype), self.sin.index_select(1, pos).to(x.dtype)
+        # (1 or B, 1, 1, D/2): each row rotated by its own position
+        cos_sin = tuple(t.index_select(1, pos).transpose(0, 1).to(x.dtype) for t in (self.cos, self.sin))
         for block in self.transformer.h:
             x = block.decode_step(x, cos_sin, pos, window, cache, masked, matvec)
         logits = decode_linear(norm(x)[:, -1], self.lm_head.weight, matvec).float()

@@ -133,17 +133,18 @@ class Group:
         return max(self.rewards) == min(self.rewards)
 
 
-def sample_answers(engine: Engine, prompt: list[int], num_samples: int, max_tokens: int, temperature: float,
+def sample_answers(engine: Engine, prompts: list[list[int]], counts: list[int], max_tokens: int, temperature: float,
                    top_k: int | None, seed: int, keep_stop: bool) -> tuple[list[list[int]], list[list[int]], list[bool]]:
     """
-    num_samples answers in one batch: (rows, masks, truncated). A row that stopped holds its stop
-    token when keep_stop (mask 1: the model sampled it, so training on it teaches when to stop).
+    counts[j] answers to prompts[j], all in one decode batch: (rows, masks, truncated), rows in
+    order. A row that stopped holds its stop token when keep_stop (mask 1: the model sampled it,
+    so training on it teaches when to stop).
     """
-    rows = [list(prompt) for _ in range(num_samples)]
-    masks = [[0] * len(prompt) for _ in range(num_samples)]
-    stopped = [False] * num_samples
-    for column, column_masks in engine.generate(prompt, num_samples, max_tokens=max_tokens, temperature=temperature,
-                                                top_k=top_k, seed=seed):
+    rows = [list(prompt) for prompt, n in zip(prompts, counts) for _ in range(n)]
+    masks = [[0] * len(row) for row in rows]
+    stopped = [False] * len(rows)
+    for column, column_masks in engine.generate_many(prompts, counts, max_tokens=max_tokens, temperature=temperature,
+                                                     top_k=top_k, seed=seed):
         for i, (token, mask) in enumerate(zip(column, column_masks)):
             if stopped[i]:
                 continue
@@ -232,19 +233,47 @@ class SamplingConfig:
     keep_stop: bool = True  # keep the sampled stop token in the row, so that training on it teaches when to stop
 
 
-def sample_group(engine: Engine, tokenizer, task_name: str, task: Task, index: int, num_samples: int,
-                 sampling: SamplingConfig, seed: int, temperature: float, pool: RewardPool) -> Group:
-    """num_samples answers to one problem, sampling.batch_size at a time, each chunk with its own seed, and their rewards."""
-    conversation = task[index]
-    prompt = tokenizer.render_for_completion(conversation)
+Problem = tuple[str, Task, int]  # a task's name, the task, and the problem's index in it
+
+
+def sample_rows(engine: Engine, prompts: list[list[int]], num_samples: int, sampling: SamplingConfig, seed: int,
+                temperature: float) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+    """
+    num_samples answers to each prompt, (rows, masks, truncated) prompt after prompt. The rows
+    are decoded sampling.batch_size at a time across prompts (a batch can hold several prompts,
+    each prefilled once, and a prompt can span batches), each batch with its own seed, seed + its number.
+    """
+    slots = [j for j in range(len(prompts)) for _ in range(num_samples)]  # each row's prompt
     rows, masks, truncated = [], [], []
-    for chunk, start in enumerate(range(0, num_samples, sampling.batch_size)):
-        n = min(sampling.batch_size, num_samples - start)
-        r, m, t = sample_answers(engine, prompt, n, sampling.max_new_tokens, temperature, sampling.top_k, seed + chunk,
+    for batch, start in enumerate(range(0, len(slots), sampling.batch_size)):
+        batch_slots = slots[start : start + sampling.batch_size]
+        members = sorted(set(batch_slots))
+        r, m, t = sample_answers(engine, [prompts[j] for j in members], [batch_slots.count(j) for j in members],
+                                 sampling.max_new_tokens, temperature, sampling.top_k, seed + batch,
                                  keep_stop=sampling.keep_stop)
         rows, masks, truncated = rows + r, masks + m, truncated + t
-    answers = [answer_text(tokenizer, row, len(prompt), engine.stop_tokens) for row in rows]
-    return Group(task_name, rows, masks, truncated, pool.score(task, conversation, answers), conversation, len(prompt))
+    return rows, masks, truncated
+
+
+def sample_groups(engine: Engine, tokenizer, problems: Sequence[Problem], num_samples: int, sampling: SamplingConfig,
+                  seed: int, temperature: float, pool: RewardPool) -> list[Group]:
+    """num_samples answers to each problem, all problems sampled together (sample_rows), and their rewards: a Group per problem."""
+    conversations = [task[index] for _, task, index in problems]
+    prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
+    rows, masks, truncated = sample_rows(engine, prompts, num_samples, sampling, seed, temperature)
+    groups = []
+    for j, ((name, task, _), conversation, prompt) in enumerate(zip(problems, conversations, prompts)):
+        lo, hi = j * num_samples, (j + 1) * num_samples
+        answers = [answer_text(tokenizer, row, len(prompt), engine.stop_tokens) for row in rows[lo:hi]]
+        groups.append(Group(name, rows[lo:hi], masks[lo:hi], truncated[lo:hi], pool.score(task, conversation, answers),
+                            conversation, len(prompt)))
+    return groups
+
+
+def sample_group(engine: Engine, tokenizer, task_name: str, task: Task, index: int, num_samples: int,
+                 sampling: SamplingConfig, seed: int, temperature: float, pool: RewardPool) -> Group:
+    """One problem's group: sample_groups of one problem, sampling.batch_size answers at a time."""
+    return sample_groups(engine, tokenizer, [(task_name, task, index)], num_samples, sampling, seed, temperature, pool)[0]
 
 
 def mix_rewards(group: Group, scores: list[float], task_weight: float, rm_weight: float) -> Group:

@@ -393,6 +393,63 @@ def bench_decode(args: argparse.Namespace) -> dict:
             "results": results}
 
 
+def bench_rollouts(args: argparse.Namespace) -> dict:
+    """
+    RL rollout tokens/s: chat_rl's sampling of a step (--problems prompts of different lengths,
+    --samples answers each, at most --rows rows per decode batch) batched across problems
+    (`batched`: rl.sample_rows, each prompt prefilled once, one decode batch of rows at their
+    own positions) against one batch per problem (`per_problem`, the baseline: rl.sample_rows
+    of one prompt at a time, as chat_rl sampled before). Timed runs interleaved for --rounds
+    rounds, the median kept. The random model's rows never stop, so every row is --new_tokens long.
+    """
+    from nanochat.common import autodetect_device_type
+    from nanochat.gpt import GPT, config_for_depth
+    from nanochat.rl import SamplingConfig, sample_rows
+
+    device = torch.device(args.device_type or autodetect_device_type())
+    torch.manual_seed(0)
+    longest = args.prompt_len + 4 * (args.problems - 1)
+    model = GPT(config_for_depth(args.depth, args.vocab_size, sequence_len=longest + args.new_tokens)).to(device)
+    model.init_weights()
+    with torch.no_grad():  # a trained model is not zero in its head and projections
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.eval()
+    engine = Engine(model, _NoSpecialsTokenizer(args.vocab_size), compile="off")  # RL's weights change every step: eager
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, args.vocab_size, (args.prompt_len + 4 * j,), generator=gen).tolist()
+               for j in range(args.problems)]
+    sampling = SamplingConfig(args.new_tokens, None, args.rows)
+    rows: dict[str, list] = {}
+
+    def run(name: str) -> None:
+        if name == "batched":
+            rows[name] = sample_rows(engine, prompts, args.samples, sampling, 0, 1.0)[0]
+        else:
+            rows[name] = [r for p in prompts for r in sample_rows(engine, [p], args.samples, sampling, 0, 1.0)[0]]
+
+    names = ("per_problem", "batched")
+    for name in names:
+        progress(f"RL rollouts, {name}: a warm-up run")
+        run(name)
+    progress(f"RL rollouts: {args.problems} problems × {args.samples} answers of {args.new_tokens} tokens, at most "
+             f"{args.rows} rows a batch, {args.rounds} rounds per path, in turn")
+    times = _interleaved(run, names, args.rounds, device)
+    tokens = sum(len(r) for r in rows["batched"]) - args.samples * sum(len(p) for p in prompts)
+    # sampled rows draw from other seeds in the two layouts; greedy, the same answers must come out
+    greedy = SamplingConfig(min(args.new_tokens, 16), None, args.rows)
+    same = sample_rows(engine, prompts, args.samples, greedy, 0, 0.0)[0] == \
+        [r for p in prompts for r in sample_rows(engine, [p], args.samples, greedy, 0, 0.0)[0]]
+    return {"benchmark": "rollouts", "device": str(device), "depth": args.depth, "vocab_size": args.vocab_size,
+            "problems": args.problems, "samples": args.samples, "rows": args.rows,
+            "prompt_lens": [len(p) for p in prompts], "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
+            "rounds": args.rounds, "baseline": "per_problem",
+            "results": {"per_problem_tok_per_s": tokens / times["per_problem"],
+                        "batched_tok_per_s": tokens / times["batched"],
+                        "batched_speedup_vs_per_problem": times["per_problem"] / times["batched"],
+                        "batched_same_greedy_tokens_as_per_problem": same}}
+
+
 def _same_rows(rows: list[list[int]], expected: list[list[int]]) -> str:
     return f"{sum(a == b for a, b in zip(rows, expected))}/{len(expected)}"
 
@@ -480,10 +537,21 @@ def main(argv: list[str] | None = None) -> dict:
     decode.add_argument("--rl_samples", type=positive_int, default=16, help="RL rollouts: answers per problem")
     decode.add_argument("--rl_batch", type=positive_int, default=8, help="RL rollouts: rows per generate call")
     decode.add_argument("--device_type", default="", help="device (empty: autodetect)")
+    rollouts = sub.add_parser("rollouts", help="RL rollout tok/s: problems batched together against one batch per problem")
+    rollouts.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
+    rollouts.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    rollouts.add_argument("--problems", type=positive_int, default=8, help="problems per step (prompts of different lengths)")
+    rollouts.add_argument("--samples", type=positive_int, default=8, help="answers per problem")
+    rollouts.add_argument("--rows", type=positive_int, default=32, help="most rows per decode batch (chat_rl's --device_batch_size)")
+    rollouts.add_argument("--prompt_len", type=positive_int, default=32, help="the shortest prompt; each next is 4 tokens longer")
+    rollouts.add_argument("--new_tokens", type=positive_int, default=128, help="tokens generated per row")
+    rollouts.add_argument("--rounds", type=positive_int, default=3, help="rounds, each timing both paths in turn")
+    rollouts.add_argument("--device_type", default="", help="device (empty: autodetect)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
 
-    result = {"tokenizer": bench_tokenizer, "train": bench_train, "decode": bench_decode}[args.benchmark](args)
+    result = {"tokenizer": bench_tokenizer, "train": bench_train, "decode": bench_decode,
+              "rollouts": bench_rollouts}[args.benchmark](args)
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
     text = json.dumps(result, indent=2)
     print(text)

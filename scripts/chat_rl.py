@@ -26,6 +26,7 @@ Starts from chatsft_checkpoints/ (or --source), saves to chatrl_checkpoints/<mod
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from functools import partial
 
@@ -38,9 +39,10 @@ from nanochat.errors import PreflightError
 from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
 from nanochat.preflight import plan_run
 from nanochat.preference import load_reward_model, score_conversations
-from nanochat.rl import (REWARD_TASKS, LossConfig, ProblemSampler, RewardPool, SamplingConfig, all_reduce_sum,
+from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, SamplingConfig, all_reduce_sum,
                          answer_conversations, group_advantages, k3_kl, mix_rewards, parse_tasks, pass_at_k, policy_loss,
-                         rollout_batches, rollout_statistics, sample_group, sequence_weights, shape_rewards)
+                         rollout_batches, rollout_statistics, sample_group, sample_groups, sequence_weights,
+                         shape_rewards)
 from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
 from nanochat.training import (StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage,
@@ -194,6 +196,12 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = SamplingConfig(args.max_new_tokens, args.top_k, args.device_batch_size, bool(args.train_stop_token))
     pool = RewardPool(args.reward_workers)
     pad = tokenizer.get_bos_token_id()
+
+    def score_answers(group: Group) -> list[float]:
+        """The reward model's score of each answer, its conversation rendered whole, device_batch_size per forward."""
+        conversations = answer_conversations(group, tokenizer, engine.stop_tokens)
+        return score_conversations(reward_model, tokenizer, conversations, args.device_batch_size)
+
     per_rank = args.examples_per_step // world_size
     task_names = list(train_tasks)
     step, evals = loop.start.step, {}
@@ -215,29 +223,27 @@ def main(argv: list[str] | None = None) -> dict:
         # ---- rollouts: a group of answers per problem, rewarded by its task (and the reward model) ----
         t0 = time.perf_counter()
         model.eval()
+        keys = [step * args.examples_per_step + stage.rank + j * world_size for j in range(per_rank)]
         groups, sampled, refills = [], [], 0
-        for j in range(per_rank):
-            key = step * args.examples_per_step + stage.rank + j * world_size
-            while True:
-                name, task, index = sampler(key)
-                seed = args.seed + 1_000_003 * step + 1009 * index + 7 * refills
-                with autocast:
-                    group = sample_group(engine, tokenizer, name, task, index, args.num_samples, sampling, seed,
-                                         args.temperature, pool)
-                    if reward_model is not None:  # the group's answers scored whole, device_batch_size per forward
-                        scores = score_conversations(reward_model, tokenizer,
-                                                     answer_conversations(group, tokenizer, engine.stop_tokens),
-                                                     args.device_batch_size)
-                        group = mix_rewards(group, scores, args.task_weight, args.rm_weight)
-                sampled.append(group)
-                if not (args.dynamic_sampling and group.zero_variance):
-                    groups.append(group)
-                    break
-                if refills == args.max_refills:  # out of fresh problems: this slot trains on nothing
-                    break
-                # a fresh problem, numbered apart from every regular slot and every other rank's refills
-                key = REFILL_KEYS + (step * world_size + stage.rank) * (args.max_refills + 1) + refills
-                refills += 1
+        for attempt in itertools.count():
+            # the rank's problems sampled together (decode batches of device_batch_size rows across problems)
+            seed = args.seed + 1_000_003 * step + 10_007 * (attempt * world_size + stage.rank)
+            with autocast:
+                new = sample_groups(engine, tokenizer, [sampler(key) for key in keys], args.num_samples, sampling, seed,
+                                    args.temperature, pool)
+                if reward_model is not None:
+                    new = [mix_rewards(g, score_answers(g), args.task_weight, args.rm_weight) for g in new]
+            sampled += new
+            kept = [g for g in new if not (args.dynamic_sampling and g.zero_variance)]
+            groups += kept
+            # dynamic sampling: a fresh problem for each flat group dropped, max_refills per rank and step at most
+            fresh = min(len(new) - len(kept), args.max_refills - refills)
+            if fresh == 0:
+                break
+            # numbered apart from every regular slot and every other rank's refills
+            first = REFILL_KEYS + (step * world_size + stage.rank) * (args.max_refills + 1) + refills
+            keys = list(range(first, first + fresh))
+            refills += fresh
         advantages = group_advantages([shape_rewards(g.rewards, g.truncated, args.overlong) for g in groups],
                                       args.adv_norm, device)
         rows = [row for g in groups for row in g.rows]

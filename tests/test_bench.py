@@ -83,3 +83,14 @@ def test_tokenizer_benchmark_json():
     assert result["vocab_size"] == 400
     assert result["bytes_per_token"] > 1.5  # merges compress the synthetic text
     assert result["encode_batch_tokens_per_s"] > 0 and result["train_chars_per_s"] > 0
+
+
+def test_rollouts_benchmark_json():
+    """Batched across problems against one batch per problem: both paths timed, and their greedy answers the same."""
+    result = bench.main(["rollouts", "--depth=1", "--vocab_size=256", "--problems=3", "--samples=2", "--rows=4",
+                         "--prompt_len=4", "--new_tokens=6", "--rounds=1", "--device_type=cpu"])
+    r = result["results"]
+    assert result["prompt_lens"] == [4, 8, 12] and result["baseline"] == "per_problem"
+    assert r["per_problem_tok_per_s"] > 0 and r["batched_tok_per_s"] > 0
+    assert r["batched_speedup_vs_per_problem"] == pytest.approx(r["batched_tok_per_s"] / r["per_problem_tok_per_s"])
+    assert r["batched_same_greedy_tokens_as_per_problem"] is True

@@ -137,9 +137,9 @@ def test_rollouts_keep_the_sampled_stop_token_and_tell_truncated_answers(tiny_to
     prompt = tiny_tokenizer.render_for_completion({"messages": [{"role": "user", "content": "hi"},
                                                                 {"role": "assistant", "content": ""}]})
     todays = engine.generate_batch(prompt, num_samples=6, max_tokens=5, temperature=1.0, top_k=50, seed=3)
-    rows, masks, _ = sample_answers(engine, prompt, 6, 5, 1.0, 50, 3, keep_stop=False)
+    rows, masks, _ = sample_answers(engine, [prompt], [6], 5, 1.0, 50, 3, keep_stop=False)
     assert (rows, masks) == todays
-    rows, masks, truncated = sample_answers(engine, prompt, 6, 5, 1.0, 50, 3, keep_stop=True)
+    rows, masks, truncated = sample_answers(engine, [prompt], [6], 5, 1.0, 50, 3, keep_stop=True)
     for row, mask, cut, old in zip(rows, masks, truncated, todays[0]):
         if cut:
             assert row == old and len(row) == len(prompt) + 5
@@ -147,21 +147,48 @@ def test_rollouts_keep_the_sampled_stop_token_and_tell_truncated_answers(tiny_to
             assert row[:-1] == old and row[-1] in engine.stop_tokens and mask[-1] == 1
 
 
+class WordyParityTask(ParityTask):
+    """ParityTask whose prompts differ in length from one problem to the next."""
+
+    def get_example(self, index: int) -> dict:
+        return {"messages": [{"role": "user", "content": "say " + "something else " * (1 + 3 * index)},
+                             {"role": "assistant", "content": "something"}]}
+
+
+def test_problems_sampled_together_answer_as_each_alone(tiny_tokenizer):
+    """Greedy: a decode batch across problems (prompts of different lengths, a problem split over batches) changes no answer."""
+    engine = Engine(tiny_gpt(tiny_tokenizer.get_vocab_size(), 256, jitter=0.5), tiny_tokenizer)
+    task, pool = WordyParityTask(), RewardPool(2)
+    sampling = rl.SamplingConfig(max_new_tokens=7, top_k=None, batch_size=4)
+    problems = [("Parity", task, i) for i in range(3)]
+    together = rl.sample_groups(engine, tiny_tokenizer, problems, 3, sampling, 0, 0.0, pool)
+    assert len({g.prompt_len for g in together}) == 3
+    for group, (name, _, index) in zip(together, problems):
+        alone = rl.sample_group(engine, tiny_tokenizer, name, task, index, 3, sampling, 0, 0.0, pool)
+        assert (group.rows, group.masks, group.truncated, group.rewards) == \
+            (alone.rows, alone.masks, alone.truncated, alone.rewards)
+        assert group.conversation == alone.conversation and len(group.rows[0]) > group.prompt_len
+    pool.close()
+
+
 def test_dynamic_sampling_never_trains_on_a_zero_variance_group(base_checkpoint, monkeypatch):
     trained, sampled = [], []
 
-    def fake_group(engine, tokenizer, task_name, task, index, num_samples, args, seed, temperature, pool):
-        # every other problem's answers all score the same
-        rewards = [1.0] * num_samples if index % 2 else [float(i % 2) for i in range(num_samples)]
-        group = Group(task_name, [[1, 2, 3]] * num_samples, [[0, 1, 1]] * num_samples, [False] * num_samples, rewards)
-        sampled.append(group)
-        return group
+    def fake_groups(engine, tokenizer, problems, num_samples, args, seed, temperature, pool):
+        groups = []
+        for task_name, _, index in problems:
+            # every other problem's answers all score the same
+            rewards = [1.0] * num_samples if index % 2 else [float(i % 2) for i in range(num_samples)]
+            groups.append(Group(task_name, [[1, 2, 3]] * num_samples, [[0, 1, 1]] * num_samples, [False] * num_samples,
+                                rewards))
+        sampled.extend(groups)
+        return groups
 
     def spy(group_rewards, *rest):
         trained.extend(group_rewards)
         return group_advantages(group_rewards, *rest)
 
-    monkeypatch.setattr(chat_rl, "sample_group", fake_group)
+    monkeypatch.setattr(chat_rl, "sample_groups", fake_groups)
     monkeypatch.setattr(chat_rl, "group_advantages", spy)
     chat_rl.main(["--source=base", "--device_type=cpu", "--num_samples=4", "--device_batch_size=4",
                   "--examples_per_step=4", "--num_iterations=3", "--eval_every=-1", "--eval_examples=0",
@@ -229,8 +256,8 @@ def test_the_reward_is_the_weighted_reward_model_score_plus_the_weighted_task_re
     sampled, trained, configs = [], [], []
 
     def sample_spy(*args):
-        sampled.append(rl.sample_group(*args))
-        return sampled[-1]
+        sampled.extend(rl.sample_groups(*args))
+        return sampled[-len(args[2]):]
 
     def advantages_spy(group_rewards, *rest):
         trained.extend(group_rewards)
@@ -240,7 +267,7 @@ def test_the_reward_is_the_weighted_reward_model_score_plus_the_weighted_task_re
         configs.append(cfg)
         return policy_loss(*args, cfg=cfg, **kwargs)
 
-    monkeypatch.setattr(chat_rl, "sample_group", sample_spy)
+    monkeypatch.setattr(chat_rl, "sample_groups", sample_spy)
     monkeypatch.setattr(chat_rl, "group_advantages", advantages_spy)
     monkeypatch.setattr(chat_rl, "policy_loss", loss_spy)
     results = chat_rl.main(RM_ARGS + ["--num_iterations=2"])

@@ -230,6 +230,81 @@ def test_decode_step_equals_forward(masked):
             torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
 
 
+def test_decode_step_with_a_position_per_row_equals_forward():
+    """Rows whose prompts differ in length, each prefilled alone, then decoded together at their own positions."""
+    from nanochat.gpt import KVCache
+
+    model = real_model(128, seed=1)
+    cfg = model.config
+    lengths, steps = [5, 9, 12], 8
+    torch.manual_seed(1)
+    sequences = [torch.randint(0, 128, (1, n + steps)) for n in lengths]
+    with torch.inference_mode():
+        cache = KVCache(3, cfg.n_kv_head, max(lengths) + steps, cfg.n_embd // cfg.n_head, cfg.n_layer)
+        cache.cache.fill_(1e4)  # what a row has not written must not leak into it
+        for b, (seq, n) in enumerate(zip(sequences, lengths)):
+            alone = KVCache(1, cfg.n_kv_head, n, cfg.n_embd // cfg.n_head, cfg.n_layer)
+            model(seq[:, :n], kv_cache=alone)
+            cache.cache[:, :, b : b + 1, :, :n] = alone.cache[:, :, :, :, :n]
+        positions = torch.arange(cache.cache.size(4))
+        pos = torch.tensor(lengths)
+        for t in range(steps):
+            ids = torch.cat([seq[:, n + t : n + t + 1] for seq, n in zip(sequences, lengths)])
+            logits = model.decode_step(ids, pos, positions[: int(pos.max()) + 1], cache.cache, masked=True)
+            for b, (seq, n) in enumerate(zip(sequences, lengths)):
+                torch.testing.assert_close(logits[b], model(seq[:, : n + t + 1])[0, -1], atol=1e-5, rtol=1e-5)
+            pos = pos + 1
+
+
+def _cut(tokens: list[int], stops: set[int]) -> list[int]:
+    return tokens[: next((i for i, t in enumerate(tokens) if t in stops), len(tokens))]
+
+
+def test_generate_many_gives_each_prompts_greedy_answers(tiny_tokenizer):
+    """Prompts of different lengths decoded as one batch: each row answers as its prompt's own generate does."""
+    model = real_model(tiny_tokenizer.get_vocab_size(), seed=2)
+    engine = Engine(model, tiny_tokenizer)
+    texts = ["the cat", "over the hill and far away we", "apple river stone"]
+    prompts = [tiny_tokenizer.encode(t, prepend="<|bos|>") for t in texts]
+    counts = [2, 1, 3]
+    columns = list(engine.generate_many(prompts, counts, max_tokens=16, temperature=0.0))
+    assert engine.decode_path.startswith("eager (prompts of different lengths")
+    assert len({len(p) for p in prompts}) == 3 and all(len(c) == sum(counts) for c, _ in columns)
+    row = 0
+    for prompt, n in zip(prompts, counts):
+        alone, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=16, temperature=0.0)
+        for _ in range(n):
+            got = _cut([c[row] for c, _ in columns], engine.stop_tokens)
+            assert got == alone[0][len(prompt):]
+            row += 1
+
+
+def test_generate_many_of_one_prompt_is_generate(tiny_tokenizer):
+    model = real_model(tiny_tokenizer.get_vocab_size(), seed=3)
+    engine = Engine(model, tiny_tokenizer, compile="off")
+    prompt = tiny_tokenizer.encode("the cat sat on", prepend="<|bos|>")
+    kwargs = dict(max_tokens=12, temperature=1.0, seed=5)
+    assert list(engine.generate_many([prompt], [4], **kwargs)) == list(engine.generate(prompt, 4, **kwargs))
+    with pytest.raises(ValueError):
+        list(engine.generate_many([prompt, prompt], [4]))
+
+
+def test_generate_many_runs_a_model_with_its_own_forward_one_prompt_at_a_time(tiny_tokenizer):
+    """A scripted model (its own forward, no decode step by row): the tools still run, rows as generate's."""
+    tok = tiny_tokenizer
+    sp = tok.encode_special
+    script = tok.encode("so ") + [sp("<|python_start|>")] + tok.encode("3*4+1") + [sp("<|python_end|>")] \
+        + [sp("<|assistant_end|>")]
+    prompts = [[tok.get_bos_token_id()], tok.encode("a longer prompt", prepend="<|bos|>")]
+    engine = Engine(ScriptedModel(tok.get_vocab_size(), script), tok)
+    columns = list(engine.generate_many(prompts, [2, 1], max_tokens=30, temperature=0.0))
+    alone, masks = engine.generate_batch(prompts[1], 1, max_tokens=30, temperature=0.0)
+    for row in range(3):
+        assert _cut([c[row] for c, _ in columns], engine.stop_tokens) == alone[0][len(prompts[1]):]
+        assert [m[row] for _, m in columns][: len(masks[0]) - len(prompts[1])] == masks[0][len(prompts[1]):]
+    assert 0 in masks[0]  # the calculator's output was forced
+
+
 def test_auto_compiles_after_enough_eager_decoding_and_not_on_changed_weights(tiny_tokenizer, monkeypatch):
     import nanochat.engine as engine_module
 
