@@ -4,7 +4,11 @@ samples together, one token per step. The engine also runs the model's python to
 a row writes <|python_start|>expr<|python_end|>, the calculator's result is forced into
 that row as <|output_start|>result<|output_end|> (mask 0: the model did not choose them).
 
-Decoding runs one of two paths (Engine.decode_path says which, and why):
+generate_many does the same for several prompts at once (RL's problems of a step): each prompt is
+prefilled at its own length, and all their samples are decoded as one batch, every row at its
+own position (GPT.decode_step with a position per row, eager).
+
+Decoding one prompt runs one of two paths (Engine.decode_path says which, and why):
 - eager: model.forward with the KV cache, one op at a time (the reference);
 - compiled: GPT.decode_step captured by torch.compile. On CPU the weights are frozen into
   the graph, and there are two graphs, whatever the lengths: one row (each linear layer a
