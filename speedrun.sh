@@ -115,7 +115,9 @@ if [ "$NANOCHAT_PROFILE" = "gpu" ]; then
     stage chat_rm run scripts.chat_rm -- --run="$WANDB_RUN" $(resume_flag "$CK/chatrm_checkpoints/d20")
     stage chat_dpo run scripts.chat_dpo -- --run="$WANDB_RUN" $(resume_flag "$CK/chatdpo_checkpoints/d20")
     stage chat_eval_dpo run scripts.chat_eval -- -i dpo
-    stage chat_rl run scripts.chat_rl -- --run="$WANDB_RUN" --tasks=GSM8K:3,SpellingBee:1 \
+    # 32 rows a batch: each rank's 2 problems × 16 answers decode together (the rows are short, so
+    # the training forward of 32 of them is far below base_train's 32 × 2048 tokens)
+    stage chat_rl run scripts.chat_rl -- --run="$WANDB_RUN" --tasks=GSM8K:3,SpellingBee:1 --device_batch_size=32 \
         $(resume_flag "$CK/chatrl_checkpoints/d20")
     stage chat_eval_rl run scripts.chat_eval -- -i rl -a "GSM8K|SpellingBee"
 else

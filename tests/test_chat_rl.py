@@ -171,6 +171,22 @@ def test_problems_sampled_together_answer_as_each_alone(tiny_tokenizer):
     pool.close()
 
 
+def test_chat_rl_decodes_a_steps_problems_together(parity_policy, monkeypatch):
+    """Two problems × 4 answers in rows of 8: one decode batch per step holding both prompts, not one per problem."""
+    calls = []
+    original = Engine.generate_many
+
+    def spy(self, prompts, num_samples, **kwargs):
+        calls.append(list(num_samples))
+        return original(self, prompts, num_samples, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate_many", spy)
+    chat_rl.main(["--device_type=cpu", "--dtype=float32", "--tasks=Parity", "--num_samples=4", "--device_batch_size=8",
+                  "--examples_per_step=2", "--max_new_tokens=4", "--num_iterations=2", "--eval_every=-1",
+                  "--eval_examples=0"])
+    assert calls == [[4, 4], [4, 4]]
+
+
 def test_dynamic_sampling_never_trains_on_a_zero_variance_group(base_checkpoint, monkeypatch):
     trained, sampled = [], []
 
