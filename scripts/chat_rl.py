@@ -41,7 +41,7 @@ from nanochat.preflight import plan_run
 from nanochat.preference import load_reward_model, score_conversations
 from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, SamplingConfig, all_reduce_sum,
                          answer_conversations, group_advantages, k3_kl, mix_rewards, parse_tasks, pass_at_k, policy_loss,
-                         rollout_batches, rollout_statistics, sample_group, sample_groups, sequence_weights,
+                         rollout_batches, rollout_statistics, sample_groups, sequence_weights,
                          shape_rewards)
 from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
@@ -114,22 +114,23 @@ def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, s
              pool: RewardPool) -> dict[str, float]:
     """
     Per task, on its first eval_examples test problems (rank-strided): pass@k by the unbiased
-    estimator over eval_samples answers at temperature 1, with a seed fixed per problem so that
-    changes between evaluations are the model's, and greedy pass@1 beside it.
+    estimator over eval_samples answers at temperature 1, and greedy pass@1 beside it. The
+    problems are sampled together with fixed seeds, so changes between evaluations are the model's.
     """
     _, rank, _, world_size = get_dist_info()
     n = args.eval_samples
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < n] + [n]
     results = {}
     for name, task in tasks.items():
+        problems = [(name, task, i) for i in range(rank, min(args.eval_examples, len(task)), world_size)]
+        sampled = sample_groups(engine, tokenizer, problems, n, sampling, 10**9, 1.0, pool)
+        greedy = sample_groups(engine, tokenizer, problems, 1, sampling, 0, 0.0, pool)
         sums = [0.0] * (len(ks) + 2)  # pass@k for each k, greedy, problems
-        for i in range(rank, min(args.eval_examples, len(task)), world_size):
-            sampled = sample_group(engine, tokenizer, name, task, i, n, sampling, 10**9 + i, 1.0, pool)
-            correct = sum(r > 0 for r in sampled.rewards)
-            greedy = sample_group(engine, tokenizer, name, task, i, 1, sampling, 0, 0.0, pool)
+        for group, first in zip(sampled, greedy):
+            correct = sum(r > 0 for r in group.rewards)
             for j, k in enumerate(ks):
                 sums[j] += pass_at_k(n, correct, k)
-            sums[-2] += float(greedy.rewards[0] > 0)
+            sums[-2] += float(first.rewards[0] > 0)
             sums[-1] += 1
         sums = all_reduce_sum(sums, engine.model.get_device())
         count = max(sums[-1], 1)

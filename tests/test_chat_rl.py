@@ -171,6 +171,20 @@ def test_problems_sampled_together_answer_as_each_alone(tiny_tokenizer):
     pool.close()
 
 
+def test_evaluation_greedy_is_each_problem_alone_and_pass_at_k_grows_with_k(tiny_tokenizer):
+    engine = Engine(tiny_gpt(tiny_tokenizer.get_vocab_size(), 256, jitter=0.5), tiny_tokenizer)
+    task, pool = WordyParityTask(size=6), RewardPool(2)
+    sampling = rl.SamplingConfig(max_new_tokens=5, top_k=None, batch_size=4)
+    args = chat_rl.parse_args(["--eval_examples=5", "--eval_samples=4"])
+    results = chat_rl.evaluate(engine, tiny_tokenizer, {"Parity": task}, args, sampling, pool)
+    alone = [rl.sample_group(engine, tiny_tokenizer, "Parity", task, i, 1, sampling, 0, 0.0, pool).rewards[0]
+             for i in range(5)]
+    pool.close()
+    assert results["Parity/greedy_pass@1"] == sum(alone) / 5
+    passes = [results[f"Parity/pass@{k}"] for k in (1, 2, 4)]
+    assert passes == sorted(passes) and 0 < passes[0] < passes[-1] <= 1
+
+
 def test_chat_rl_decodes_a_steps_problems_together(parity_policy, monkeypatch):
     """Two problems × 4 answers in rows of 8: one decode batch per step holding both prompts, not one per problem."""
     calls = []
