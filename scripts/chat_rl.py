@@ -122,6 +122,8 @@ def evaluate(engine: Engine, tokenizer, tasks: dict, args: argparse.Namespace, s
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < n] + [n]
     results = {}
     for name, task in tasks.items():
+        if min(args.eval_examples, len(task)) <= 0:  # nothing to measure: no number rather than a 0
+            continue
         problems = [(name, task, i) for i in range(rank, min(args.eval_examples, len(task)), world_size)]
         sampled = sample_groups(engine, tokenizer, problems, n, sampling, 10**9, 1.0, pool)
         greedy = sample_groups(engine, tokenizer, problems, 1, sampling, 0, 0.0, pool)

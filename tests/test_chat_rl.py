@@ -179,7 +179,10 @@ def test_evaluation_greedy_is_each_problem_alone_and_pass_at_k_grows_with_k(tiny
     results = chat_rl.evaluate(engine, tiny_tokenizer, {"Parity": task}, args, sampling, pool)
     alone = [rl.sample_group(engine, tiny_tokenizer, "Parity", task, i, 1, sampling, 0, 0.0, pool).rewards[0]
              for i in range(5)]
+    none = chat_rl.evaluate(engine, tiny_tokenizer, {"Parity": task}, chat_rl.parse_args(["--eval_examples=0"]),
+                            sampling, pool)
     pool.close()
+    assert none == {}  # no problems: no numbers, not zeros
     assert results["Parity/greedy_pass@1"] == sum(alone) / 5
     passes = [results[f"Parity/pass@{k}"] for k in (1, 2, 4)]
     assert passes == sorted(passes) and 0 < passes[0] < passes[-1] <= 1
