@@ -312,6 +312,19 @@ def _naive_decode(model, prompt: list[int], batch: int, new_tokens: int, rng: to
         ids = torch.cat([ids, sample_next_token(logits, rng, 1.0)], dim=1)
 
 
+def _random_model(depth: int, vocab_size: int, sequence_len: int, device: torch.device):
+    """The decode benchmarks' model: random weights (seed 0), nowhere zero, in eval mode."""
+    from nanochat.gpt import GPT, config_for_depth
+
+    torch.manual_seed(0)
+    model = GPT(config_for_depth(depth, vocab_size, sequence_len=sequence_len)).to(device)
+    model.init_weights()
+    with torch.no_grad():  # a trained model is not zero in its head and projections
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model.eval()
+
+
 def bench_decode(args: argparse.Namespace) -> dict:
     """
     Tokens generated per second per batch size, for each decoding path on the same model and
@@ -326,16 +339,9 @@ def bench_decode(args: argparse.Namespace) -> dict:
     compiled, interleaved likewise.
     """
     from nanochat.common import autodetect_device_type
-    from nanochat.gpt import GPT, config_for_depth
 
     device = torch.device(args.device_type or autodetect_device_type())
-    torch.manual_seed(0)
-    model = GPT(config_for_depth(args.depth, args.vocab_size, sequence_len=args.prompt_len + args.new_tokens)).to(device)
-    model.init_weights()
-    with torch.no_grad():  # a trained model is not zero in its head and projections
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    model.eval()
+    model = _random_model(args.depth, args.vocab_size, args.prompt_len + args.new_tokens, device)
     tokenizer = _NoSpecialsTokenizer(args.vocab_size)
     # the same weights in bf16: decoding reads every weight once per step, so halving them matters
     bf16_model = copy.deepcopy(model).bfloat16()
@@ -403,18 +409,11 @@ def bench_rollouts(args: argparse.Namespace) -> dict:
     rounds, the median kept. The random model's rows never stop, so every row is --new_tokens long.
     """
     from nanochat.common import autodetect_device_type
-    from nanochat.gpt import GPT, config_for_depth
     from nanochat.rl import SamplingConfig, sample_rows
 
     device = torch.device(args.device_type or autodetect_device_type())
-    torch.manual_seed(0)
     longest = args.prompt_len + 4 * (args.problems - 1)
-    model = GPT(config_for_depth(args.depth, args.vocab_size, sequence_len=longest + args.new_tokens)).to(device)
-    model.init_weights()
-    with torch.no_grad():  # a trained model is not zero in its head and projections
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    model.eval()
+    model = _random_model(args.depth, args.vocab_size, longest + args.new_tokens, device)
     engine = Engine(model, _NoSpecialsTokenizer(args.vocab_size), compile="off")  # RL's weights change every step: eager
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, args.vocab_size, (args.prompt_len + 4 * j,), generator=gen).tolist()
