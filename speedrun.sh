@@ -154,7 +154,8 @@ else
         --val_data_files="$CK/preference_data/sft-d4-test.jsonl" --device_batch_size=8 --target_pairs_per_step=16 \
         --num_epochs=2 --eval_every=10 --eval_pairs=200 --init_lr_frac=0.02 --beta=0.1 $(resume_flag "$CK/chatdpo_checkpoints/d4")
     stage chat_eval_dpo python -m scripts.chat_eval -i dpo $EVAL
-    stage chat_rl python -m scripts.chat_rl --tasks=GSM8K:1,SpellingBee:1 --num_samples=8 --device_batch_size=8 --examples_per_step=4 \
+    # the step's 4 problems × 8 answers decode as one batch of 32 rows
+    stage chat_rl python -m scripts.chat_rl --tasks=GSM8K:1,SpellingBee:1 --num_samples=8 --device_batch_size=32 --examples_per_step=4 \
         --max_new_tokens=128 --num_iterations=60 --init_lr_frac=0.05 --eval_every=-1 --eval_examples=32 \
         --save_every=30 $(resume_flag "$CK/chatrl_checkpoints/d4")
     stage chat_eval_rl python -m scripts.chat_eval -i rl -a "GSM8K|SpellingBee" $EVAL

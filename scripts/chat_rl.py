@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tis_cap", type=float, default=2.0,
                    help="cap of the importance weight π/q correcting top-k or temperature sampling (0: no weight)")
     p.add_argument("--train_stop_token", type=int, choices=(0, 1), default=1, help="train on the sampled stop token")
-    p.add_argument("--device_batch_size", type=positive_int, default=8, help="most rows in any forward pass")
+    p.add_argument("--device_batch_size", type=positive_int, default=8,
+                   help="most rows in any forward pass: answers decoded together (across problems) and trained on")
     p.add_argument("--examples_per_step", type=positive_int, default=16, help="problems per step, all ranks")
     p.add_argument("--num_epochs", type=int, default=1, help="passes over the tasks' train problems (when --num_iterations is -1)")
     p.add_argument("--num_iterations", type=int, default=-1, help="steps (-1: from --num_epochs)")
