@@ -148,7 +148,7 @@ else
     stage chat_rm python -m scripts.chat_rm --device_batch_size=8 --target_pairs_per_step=16 --num_iterations=150 \
         --eval_every=50 --eval_pairs=200 --init_lr_frac=1.0 --twin_kinds=wrong_answer,truncated,other_question,wrong_identity \
         --save_every=50 $(resume_flag "$CK/chatrm_checkpoints/d4")
-    stage chat_pref_data python -m scripts.chat_pref_data --max_problems=400 --eval_problems=100 --num_samples=8 \
+    stage chat_pref_data python -m scripts.chat_pref_data --max_problems=400 --eval_problems=100 --num_samples=8 --device_batch_size=32 \
         --max_new_tokens=160
     stage chat_dpo python -m scripts.chat_dpo --data_files="$CK/preference_data/sft-d4-train.jsonl" \
         --val_data_files="$CK/preference_data/sft-d4-test.jsonl" --device_batch_size=8 --target_pairs_per_step=16 \

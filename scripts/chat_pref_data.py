@@ -11,11 +11,11 @@ tasks' train problems and one from their test problems, which chat_dpo and chat_
     python -m scripts.chat_dpo --data_files=<the train file> --val_data_files=<the test file>
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_pref_data -- --tasks=GSM8K,SpellingBee
 
-Reproducible: a problem's answers are drawn with a seed made of --seed, the split and the
-problem's number alone, so the same checkpoint and seed give the same files, byte for byte, on
-any number of ranks. Each rank samples problems rank, rank + world_size, ...; rank 0 writes them
-all in problem order, atomically (an interrupted run leaves the previous file or none, never
-half of one).
+Reproducible: the problems are decoded in chunks of --device_batch_size // --num_samples, each
+chunk's answers drawn with a seed made of --seed, the split and its first problem's number, so
+the same checkpoint, seed and batch size give the same files, byte for byte, on any number of
+ranks. Each rank samples chunks rank, rank + world_size, ...; rank 0 writes them all in problem
+order, atomically (an interrupted run leaves the previous file or none, never half of one).
 
 A reply that called the calculator is written as GSM8K writes one, `<<expr=result>>` where the
 tool call and its output were (tasks.gsm8k.answer_to_parts reads it back into parts): the
@@ -45,7 +45,7 @@ from nanochat.engine import ContextFullError, Engine
 from nanochat.precision import autocast_context, resolve_dtype
 from nanochat.report import get_report
 from nanochat.rl import (REWARD_TASKS, Group, ProblemSampler, RewardPool, SamplingConfig, answer_conversations,
-                         parse_tasks, sample_group)
+                         parse_tasks, sample_groups)
 from nanochat.stages import STAGES
 from scripts.flags import ArgumentParser, add_device_args, optional_top_k, positive_int
 from tasks.preferences import validate_pair
@@ -88,7 +88,7 @@ def problem_list(sampler: ProblemSampler, count: int) -> list[tuple[str, int]]:
 
 
 def problem_seed(seed: int, split: str, problem: int) -> int:
-    """The sampling seed of a split's problem number `problem`: from these alone, so a rank's share cannot change it."""
+    """The sampling seed of the chunk starting at a split's problem number `problem`: from these alone, so a rank's share cannot change it."""
     return random.Random(f"chat_pref_data:{seed}:{split}:{problem}").getrandbits(62)  # str seeds hash with sha512: stable
 
 
@@ -148,24 +148,42 @@ class Outcome:
 
 def sample_share(engine: Engine, tokenizer, tasks: dict, problems: list[tuple[str, int]], split: str,
                  args: argparse.Namespace, autocast: contextlib.AbstractContextManager) -> list[Outcome]:
-    """This rank's problems (rank, rank + world_size, ...), each answered num_samples times and paired where it can be."""
+    """
+    This rank's problems, each answered num_samples times and paired where it can be. The problems
+    go in chunks of device_batch_size // num_samples (at least one), decoded together; chunk c is
+    rank c mod world_size's, seeded by its first problem's number, so the files do not depend on the ranks.
+    """
     _, rank, _, world_size = get_dist_info()
     sampling = SamplingConfig(args.max_new_tokens, args.top_k, args.device_batch_size)
     pool = RewardPool(args.reward_workers)
+    size = max(1, args.device_batch_size // args.num_samples)
     mine: list[Outcome] = []
-    bar = tqdm(range(rank, len(problems), world_size), desc=split, unit="problem", disable=rank != 0)
-    for p in bar:
-        name, index = problems[p]
+    bar = tqdm(total=len(problems), desc=split, unit="problem", disable=rank != 0)
+    for first in range(rank * size, len(problems), world_size * size):
+        chunk = [(p, *problems[p]) for p in range(first, min(first + size, len(problems)))]
+        seed = problem_seed(args.seed, split, first)
         try:
             with autocast:
-                group = sample_group(engine, tokenizer, name, tasks[name], index, args.num_samples, sampling,
-                                     problem_seed(args.seed, split, p), args.temperature, pool)
-        except ContextFullError:  # no room to answer: counted, not fatal
-            mine.append(Outcome(p, None, 0, 0))
-            continue
-        mine.append(Outcome(p, make_pair(group, index, tokenizer, engine.stop_tokens), sum(r > 0 for r in group.rewards),
-                            len(group.rewards)))
+                groups = sample_groups(engine, tokenizer, [(name, tasks[name], index) for _, name, index in chunk],
+                                       args.num_samples, sampling, seed, args.temperature, pool)
+        except ContextFullError:  # a prompt leaves no room to answer: its chunk's problems one by one, that one counted
+            groups = []
+            for j, (_, name, index) in enumerate(chunk):
+                try:
+                    with autocast:
+                        groups += sample_groups(engine, tokenizer, [(name, tasks[name], index)], args.num_samples,
+                                                sampling, seed + j, args.temperature, pool)
+                except ContextFullError:
+                    groups.append(None)
+        for (p, _, index), group in zip(chunk, groups):
+            if group is None:
+                mine.append(Outcome(p, None, 0, 0))
+                continue
+            mine.append(Outcome(p, make_pair(group, index, tokenizer, engine.stop_tokens),
+                                sum(r > 0 for r in group.rewards), len(group.rewards)))
+        bar.update(len(chunk) * world_size)  # the other ranks' chunks advance alike
         bar.set_postfix(pairs=sum(o.pair is not None for o in mine), refresh=False)
+    bar.close()
     pool.close()
     return mine
 

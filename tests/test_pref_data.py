@@ -161,7 +161,8 @@ def test_a_written_calculator_call_trains_as_the_tool_call_it_was(tiny_tokenizer
 
 @pytest.mark.slow
 def test_two_ranks_write_the_same_files_as_one(parity_policy, tmp_path):
-    chat_pref_data.main(ARGS + [f"--output_dir={tmp_path / 'one'}", "--eval_problems=5"])
+    args = [*ARGS, "--device_batch_size=8"]  # chunks of 2 problems × 4 answers decoded together
+    chat_pref_data.main(args + [f"--output_dir={tmp_path / 'one'}", "--eval_problems=5"])
     worker = tmp_path / "worker.py"  # chat_pref_data with the Parity task registered, as a torchrun entry point
     worker.write_text(f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
                       "from nanochat.rl import REWARD_TASKS\nfrom test_pref_data import ParityTask\n"
@@ -169,9 +170,28 @@ def test_two_ranks_write_the_same_files_as_one(parity_policy, tmp_path):
                       "chat_pref_data.main(sys.argv[1:])\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
-           *ARGS, f"--output_dir={tmp_path / 'two'}", "--eval_problems=5"]  # 12 and 5 problems: uneven shares
+           *args, f"--output_dir={tmp_path / 'two'}", "--eval_problems=5"]  # 12 and 5 problems: uneven shares
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("sft-d1-train.jsonl", "sft-d1-test.jsonl"):
         one, two = (tmp_path / run / name for run in ("one", "two"))
         assert two.read_bytes() == one.read_bytes() and one.stat().st_size > 0, name
+
+
+class LongPromptParityTask(ParityTask):
+    """ParityTask whose problem 1 is longer than the model's context (1,280 positions)."""
+
+    def get_example(self, index: int) -> dict:
+        example = super().get_example(index)
+        if index == 1:
+            example["messages"][0]["content"] = "say " + "something else " * 1500
+        return example
+
+
+def test_a_prompt_that_fills_the_context_is_counted_and_its_chunk_still_answered(parity_policy, monkeypatch):
+    monkeypatch.setitem(rl.REWARD_TASKS, "LongParity", LongPromptParityTask)
+    results = chat_pref_data.main(["--device_type=cpu", "--tasks=LongParity", "--num_samples=4", "--device_batch_size=8",
+                                   "--max_new_tokens=6", "--max_problems=4", "--eval_problems=0"])["train"]
+    assert results["problems"] == 4 and results["prompt_too_long"] == 1
+    # problem 0 shared its chunk with problem 1: it was answered alone instead
+    assert results["pairs"] + results["all_right"] + results["all_wrong"] == 3
