@@ -85,11 +85,12 @@ check chat_eval_sft run scripts.chat_eval -- -i sft --device_type="$DEVICE" --ma
 PAIRS="--device_batch_size=$SFT_B --target_pairs_per_step=$((SFT_B * NPROC * 2)) --num_iterations=10 --eval_every=10 --eval_pairs=64 --max_pairs=2000"
 check chat_rm run scripts.chat_rm -- $COMMON $PAIRS
 check chat_pref_data run scripts.chat_pref_data -- --device_type="$DEVICE" --dtype="$DTYPE" --max_problems=$((NPROC * 4)) \
-    --eval_problems=$((NPROC * 2)) --num_samples="$RL_B" --max_new_tokens="$NEW_TOKENS"
+    --eval_problems=$((NPROC * 2)) --num_samples="$RL_B" --device_batch_size=$((RL_B * 2)) --max_new_tokens="$NEW_TOKENS"
 check chat_dpo run scripts.chat_dpo -- $COMMON $PAIRS
 check chat_eval_dpo run scripts.chat_eval -- -i dpo -a GSM8K --device_type="$DEVICE" --max_problems=32 --max_new_tokens=64
-check chat_rl run scripts.chat_rl -- $COMMON --device_batch_size="$RL_B" --num_samples="$RL_B" \
-    --examples_per_step="$NPROC" --max_new_tokens="$NEW_TOKENS" --num_iterations=4 --eval_every=4 \
+# each rank's 2 problems decode together (rows at their own positions)
+check chat_rl run scripts.chat_rl -- $COMMON --device_batch_size=$((RL_B * 2)) --num_samples="$RL_B" \
+    --examples_per_step=$((NPROC * 2)) --max_new_tokens="$NEW_TOKENS" --num_iterations=4 --eval_every=4 \
     --eval_examples=$((NPROC * 4)) --save_every=2
 check chat_eval_rl run scripts.chat_eval -- -i rl -a GSM8K --device_type="$DEVICE" --max_problems=32 --max_new_tokens=64
 check chat_rl_reward_model run scripts.chat_rl -- $COMMON --device_batch_size="$RL_B" --num_samples="$RL_B" \

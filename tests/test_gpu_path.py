@@ -90,9 +90,10 @@ def test_chat_sft_two_ranks_one_epoch_with_bf16_and_compile(base_checkpoint):
 
 @pytest.mark.slow
 def test_chat_rl_two_ranks_with_bf16_and_compile(base_checkpoint):
-    out = _ok(torchrun(["-m", "scripts.chat_rl", "--", "--source=base", "--device_type=cpu", "--num_samples=3",
-                        "--device_batch_size=2", "--examples_per_step=2", "--max_new_tokens=6", "--num_iterations=2",
-                        "--eval_every=-1", "--eval_examples=2", "--dtype=bfloat16", "--compile=on",
+    # each rank's 2 problems × 2 answers decode as one bf16 batch of 4 rows at their own positions
+    out = _ok(torchrun(["-m", "scripts.chat_rl", "--", "--source=base", "--device_type=cpu", "--num_samples=2",
+                        "--device_batch_size=4", "--examples_per_step=4", "--max_new_tokens=6", "--num_iterations=2",
+                        "--eval_every=-1", "--eval_examples=4", "--dtype=bfloat16", "--compile=on",
                         # uneven work per rank: refills where a group's rewards are all equal, and a rank may
                         # drop every group (its minibatches are then empty); the KL's reference beside it
                         "--dynamic_sampling", "--max_refills=1", "--num_minibatches=2", "--kl_coef=0.1",
