@@ -145,8 +145,8 @@ else
     # learning from preferences: a reward model on the twin's pairs with one kind of flaw (refusals)
     # held out, to see whether it carries over; pairs of the SFT model's own right and wrong GSM8K
     # answers; DPO on those pairs, then the same evaluation as SFT's
-    stage chat_rm python -m scripts.chat_rm --device_batch_size=8 --target_pairs_per_step=16 --num_iterations=150 \
-        --eval_every=50 --eval_pairs=200 --init_lr_frac=1.0 --twin_kinds=wrong_answer,truncated,other_question,wrong_identity \
+    stage chat_rm python -m scripts.chat_rm --device_batch_size=8 --target_pairs_per_step=32 --num_iterations=100 \
+        --eval_every=50 --eval_pairs=400 --init_lr_frac=1.0 --twin_kinds=wrong_answer,truncated,other_question,wrong_identity \
         --save_every=50 $(resume_flag "$CK/chatrm_checkpoints/d4")
     stage chat_pref_data python -m scripts.chat_pref_data --max_problems=400 --eval_problems=100 --num_samples=8 --device_batch_size=32 \
         --max_new_tokens=160
