@@ -33,7 +33,7 @@ import itertools
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.distributed as dist
 from tqdm import tqdm
@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval_problems", type=int, default=256,
                    help="held-out pairs (for --val_data_files) from the first N test problems; -1: all, 0: none")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0: the answers must differ)")
+    p.add_argument("--greedy", action="store_true",
+                   help="also decode each problem greedily and put that answer first: the answer the model gives is "
+                        "then the pair's rejected one where it is wrong (and a sample right), its chosen one where right")
     p.add_argument("--top_k", type=optional_top_k, default=None, help="sample among the k likeliest tokens (none: all)")
     p.add_argument("--max_new_tokens", type=positive_int, default=256, help="most tokens per answer")
     p.add_argument("--device_batch_size", type=positive_int, default=8, help="most answers in one forward pass")
@@ -136,6 +139,12 @@ def make_pair(group: Group, index: int, tokenizer, stop_tokens: set[int]) -> dic
     return None
 
 
+def put_first(group: Group, first: Group) -> Group:
+    """group with first's answers (the greedy one) ahead of its own: make_pair takes the first right and the first wrong."""
+    return replace(group, rows=first.rows + group.rows, masks=first.masks + group.masks,
+                   truncated=first.truncated + group.truncated, rewards=first.rewards + group.rewards)
+
+
 @dataclass
 class Outcome:
     """What one problem gave: its pair (or None), and how many of its answers were right."""
@@ -162,25 +171,34 @@ def sample_share(engine: Engine, tokenizer, tasks: dict, problems: list[tuple[st
     for first in range(rank * size, len(problems), world_size * size):
         chunk = [(p, *problems[p]) for p in range(first, min(first + size, len(problems)))]
         seed = problem_seed(args.seed, split, first)
-        try:
+
+        def answer(chunk_problems: list[tuple[str, int]], seed: int) -> list[Group]:
+            """The problems' groups: num_samples sampled answers, after the greedy answer with --greedy."""
+            problems_ = [(name, tasks[name], index) for name, index in chunk_problems]
             with autocast:
-                groups = sample_groups(engine, tokenizer, [(name, tasks[name], index) for _, name, index in chunk],
-                                       args.num_samples, sampling, seed, args.temperature, pool)
+                groups = sample_groups(engine, tokenizer, problems_, args.num_samples, sampling, seed, args.temperature,
+                                       pool)
+                if not args.greedy:
+                    return groups
+                greedy = sample_groups(engine, tokenizer, problems_, 1, sampling, 0, 0.0, pool)
+            return [put_first(g, first_) for g, first_ in zip(groups, greedy)]
+
+        try:
+            groups = answer([(name, index) for _, name, index in chunk], seed)
         except ContextFullError:  # a prompt leaves no room to answer: its chunk's problems one by one, that one counted
             groups = []
             for j, (_, name, index) in enumerate(chunk):
                 try:
-                    with autocast:
-                        groups += sample_groups(engine, tokenizer, [(name, tasks[name], index)], args.num_samples,
-                                                sampling, seed + j, args.temperature, pool)
+                    groups += answer([(name, index)], seed + j)
                 except ContextFullError:
                     groups.append(None)
         for (p, _, index), group in zip(chunk, groups):
             if group is None:
                 mine.append(Outcome(p, None, 0, 0))
                 continue
-            mine.append(Outcome(p, make_pair(group, index, tokenizer, engine.stop_tokens),
-                                sum(r > 0 for r in group.rewards), len(group.rewards)))
+            sampled = group.rewards[1:] if args.greedy else group.rewards  # the counts are of the sampled answers
+            mine.append(Outcome(p, make_pair(group, index, tokenizer, engine.stop_tokens), sum(r > 0 for r in sampled),
+                                len(sampled)))
         bar.update(len(chunk) * world_size)  # the other ranks' chunks advance alike
         bar.set_postfix(pairs=sum(o.pair is not None for o in mine), refresh=False)
     bar.close()

@@ -195,3 +195,19 @@ def test_a_prompt_that_fills_the_context_is_counted_and_its_chunk_still_answered
     assert results["problems"] == 4 and results["prompt_too_long"] == 1
     # problem 0 shared its chunk with problem 1: it was answered alone instead
     assert results["pairs"] + results["all_right"] + results["all_wrong"] == 3
+
+
+def test_with_greedy_the_models_own_answer_is_the_rejected_one_where_wrong_and_the_chosen_where_right(parity_policy):
+    chat_pref_data.main(ARGS + ["--greedy", "--eval_problems=0"])
+    rows = _rows(parity_policy / "preference_data" / "sft-d1-train.jsonl")
+    model, tokenizer, _ = load_model("sft", "cpu", "eval")
+    engine, pool, task = Engine(model, tokenizer), rl.RewardPool(2), ParityTask("train")
+    sides = set()
+    for row in rows:
+        greedy = rl.sample_group(engine, tokenizer, "Parity", task, row["index"], 1, rl.SamplingConfig(6, None, 3), 0,
+                                 0.0, pool)
+        side = "chosen" if greedy.rewards[0] > 0 else "rejected"
+        assert row[side][-1]["content"] == tokenizer.decode(greedy.rows[0][greedy.prompt_len:])  # replies never stop
+        sides.add(side)
+    pool.close()
+    assert sides == {"chosen", "rejected"}
