@@ -500,6 +500,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _model_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A benchmark of a random model: its depth, vocabulary and device."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
+    p.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    p.add_argument("--device_type", default="", help="device (empty: autodetect)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = ArgumentParser(description="Benchmarks with JSON output.")
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -508,9 +517,7 @@ def main(argv: list[str] | None = None) -> dict:
     tok.add_argument("--chars", type=int, default=20_000_000, help="characters of text to use")
     tok.add_argument("--vocab_size", type=int, default=65536, help="vocabulary to train")
     tok.add_argument("--threads", type=int, default=0, help="threads for batch encoding (0: all cores)")
-    train = sub.add_parser("train", help="training tok/s, MFU and peak memory of one model size, per dtype and loss")
-    train.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
-    train.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    train = _model_parser(sub, "train", "training tok/s, MFU and peak memory of one model size, per dtype and loss")
     train.add_argument("--seq_len", type=positive_int, default=512, help="tokens per row")
     train.add_argument("--batch", type=positive_int, default=8, help="rows per step")
     train.add_argument("--steps", type=positive_int, default=2, help="timed steps per round")
@@ -523,10 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
                        help="training tokens of the run whose default path is benchmarked (auto compiles long runs)")
     train.add_argument("--loss_steps", type=int, default=100,
                        help="steps of fp32 and the default on learnable data, to compare their losses (0: skip)")
-    train.add_argument("--device_type", default="", help="device (empty: autodetect)")
-    decode = sub.add_parser("decode", help="generation and RL rollout tok/s: the Engine's compiled decode step against eager")
-    decode.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
-    decode.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    decode = _model_parser(sub, "decode", "generation and RL rollout tok/s: the Engine's compiled decode step against eager")
     decode.add_argument("--prompt_len", type=positive_int, default=32, help="prompt tokens")
     decode.add_argument("--new_tokens", type=positive_int, default=128, help="tokens generated per row")
     decode.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes to time")
@@ -535,17 +539,13 @@ def main(argv: list[str] | None = None) -> dict:
     decode.add_argument("--rl_problems", type=positive_int, default=2, help="RL rollouts: problems (one prompt each)")
     decode.add_argument("--rl_samples", type=positive_int, default=16, help="RL rollouts: answers per problem")
     decode.add_argument("--rl_batch", type=positive_int, default=8, help="RL rollouts: rows per generate call")
-    decode.add_argument("--device_type", default="", help="device (empty: autodetect)")
-    rollouts = sub.add_parser("rollouts", help="RL rollout tok/s: problems batched together against one batch per problem")
-    rollouts.add_argument("--depth", type=positive_int, default=4, help="model depth (width 64·depth)")
-    rollouts.add_argument("--vocab_size", type=positive_int, default=8192, help="vocabulary of the random model")
+    rollouts = _model_parser(sub, "rollouts", "RL rollout tok/s: problems batched together against one batch per problem")
     rollouts.add_argument("--problems", type=positive_int, default=8, help="problems per step (prompts of different lengths)")
     rollouts.add_argument("--samples", type=positive_int, default=8, help="answers per problem")
     rollouts.add_argument("--rows", type=positive_int, default=32, help="most rows per decode batch (chat_rl's --device_batch_size)")
     rollouts.add_argument("--prompt_len", type=positive_int, default=32, help="the shortest prompt; each next is 4 tokens longer")
     rollouts.add_argument("--new_tokens", type=positive_int, default=128, help="tokens generated per row")
     rollouts.add_argument("--rounds", type=positive_int, default=3, help="rounds, each timing both paths in turn")
-    rollouts.add_argument("--device_type", default="", help="device (empty: autodetect)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
 
