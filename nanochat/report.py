@@ -662,9 +662,14 @@ def _changes(before: dict[str, float], after: dict[str, float]) -> str:
 
 def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float]], columns: list[str],
                      twins: set[tuple[str, str]] = frozenset()) -> list[str]:
-    """One line per stage in the table: what it reached (the first chat stage) or changed (the later ones)."""
+    """
+    One line per stage in the table: what it reached (the first chat stage) or changed (the later
+    ones) against the stage it trained from (its --source, as its training section logged it), or
+    else against the stage before it in the table (RL after DPO still starts from SFT).
+    """
     sentences = []
     previous: tuple[str, dict[str, float]] | None = None
+    evaluated: dict[str, tuple[str, dict[str, float]]] = {}  # stage: (label, chat metrics), for the sources
     for stage in columns:
         here, label = values[stage], stage.upper()
         if stage == "base":
@@ -685,9 +690,11 @@ def _stage_sentences(records: dict[str, dict], values: dict[str, dict[str, float
             where = " on the offline twins" if any((stage, m) in twins for m in chat) else ""
             sentences.append(f"{label}: the first chat model scores{where} {', '.join(reached)}.")
         else:
-            sentences.append(f"{label}: against {previous[0]}, {_changes(previous[1], chat)}.")
+            source = _data(records, slugify(STAGES[stage].section)).get("source")
+            against = evaluated.get(source, previous)
+            sentences.append(f"{label}: against {against[0]}, {_changes(against[1], chat)}.")
         if chat:
-            previous = (label, chat)
+            previous = evaluated[stage] = (label, chat)
     return sentences
 
 

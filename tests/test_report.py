@@ -190,6 +190,13 @@ def test_a_line_per_stage_says_what_it_changed(base_dir, tmp_path):
     assert lines["SFT"] == ("against MID, SpellingBee +0.45 (0.31 → 0.76), GSM8K +0.10 (0.30 → 0.40), "
                             "ChatCORE 0.20 → 0.31.")
     assert lines["RL"] == "against SFT, GSM8K +0.12 (0.40 → 0.52)."  # RL's ChatCORE is over GSM8K alone
+    # with DPO evaluated between them, RL (trained from SFT, as its section says) is still told against SFT
+    report.log("Chat DPO", [{"source": "sft"}, {"steps": 3}])
+    report.log("Chat evaluation dpo", [{"source": "dpo"}, {**sft, "GSM8K": 0.20}])
+    report.log("Chat RL", [{"source": "sft"}, {"steps": 3}])
+    lines = stage_lines(Path(report.generate(copy_to=str(tmp_path))).read_text())
+    assert lines["DPO"].startswith("against SFT, GSM8K -0.20 (0.40 → 0.20)")
+    assert lines["RL"] == "against SFT, GSM8K +0.12 (0.40 → 0.52)."
 
 
 def test_estimated_cost_on_gpus(base_dir, tmp_path, monkeypatch):
