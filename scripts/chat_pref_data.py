@@ -167,22 +167,22 @@ def sample_share(engine: Engine, tokenizer, tasks: dict, problems: list[tuple[st
     pool = RewardPool(args.reward_workers)
     size = max(1, args.device_batch_size // args.num_samples)
     mine: list[Outcome] = []
+
+    def answer(chunk: list[tuple[str, int]], seed: int) -> list[Group]:
+        """The chunk's groups, decoded together: num_samples sampled answers, after the greedy answer with --greedy."""
+        chunk_problems = [(name, tasks[name], index) for name, index in chunk]
+        with autocast:
+            groups = sample_groups(engine, tokenizer, chunk_problems, args.num_samples, sampling, seed, args.temperature,
+                                   pool)
+            if not args.greedy:
+                return groups
+            greedy = sample_groups(engine, tokenizer, chunk_problems, 1, sampling, 0, 0.0, pool)
+        return [put_first(group, greedy_group) for group, greedy_group in zip(groups, greedy)]
+
     bar = tqdm(total=len(problems), desc=split, unit="problem", disable=rank != 0)
     for first in range(rank * size, len(problems), world_size * size):
         chunk = [(p, *problems[p]) for p in range(first, min(first + size, len(problems)))]
         seed = problem_seed(args.seed, split, first)
-
-        def answer(chunk_problems: list[tuple[str, int]], seed: int) -> list[Group]:
-            """The problems' groups: num_samples sampled answers, after the greedy answer with --greedy."""
-            problems_ = [(name, tasks[name], index) for name, index in chunk_problems]
-            with autocast:
-                groups = sample_groups(engine, tokenizer, problems_, args.num_samples, sampling, seed, args.temperature,
-                                       pool)
-                if not args.greedy:
-                    return groups
-                greedy = sample_groups(engine, tokenizer, problems_, 1, sampling, 0, 0.0, pool)
-            return [put_first(g, first_) for g, first_ in zip(groups, greedy)]
-
         try:
             groups = answer([(name, index) for _, name, index in chunk], seed)
         except ContextFullError:  # a prompt leaves no room to answer: its chunk's problems one by one, that one counted
@@ -199,7 +199,8 @@ def sample_share(engine: Engine, tokenizer, tasks: dict, problems: list[tuple[st
             sampled = group.rewards[1:] if args.greedy else group.rewards  # the counts are of the sampled answers
             mine.append(Outcome(p, make_pair(group, index, tokenizer, engine.stop_tokens), sum(r > 0 for r in sampled),
                                 len(sampled)))
-        bar.update(len(chunk) * world_size)  # the other ranks' chunks advance alike
+        # the bar shows on rank 0, whose chunks start each round: the round's problems, all ranks, are done
+        bar.update(min(first + world_size * size, len(problems)) - bar.n)
         bar.set_postfix(pairs=sum(o.pair is not None for o in mine), refresh=False)
     bar.close()
     pool.close()
