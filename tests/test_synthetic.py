@@ -108,11 +108,36 @@ def test_needs_a_validation_shard(tmp_path, n):
 # GSM8K format
 
 ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+MENTAL_STEP = re.compile(r"(?<![\d*/+-])(\d+(?:[-+*/]\d+)+)=\$?(\d+)")  # '44*8=352': worked without the calculator
+
+
+def _calculator_results(step: str) -> list[int]:
+    """The results of a step's calculator calls, checked: 'expr = <<expr=result>>result'."""
+    results = []
+    for m in ANNOTATION.finditer(step):
+        expr, result = m.group(1), m.group(2)
+        assert re.fullmatch(r"\d+([-+*/]\d+)+", expr), step
+        assert re.fullmatch(r"\d+", result), step
+        assert eval(expr) == int(result), step
+        assert re.match(re.escape(result) + r"(\D|$)", step[m.end():]), step  # result repeated after >>
+        assert re.search(re.escape(expr) + r" = \$?$", step[:m.start()]), step  # 'expr = <<...'
+        results.append(int(result))
+    return results
+
+
+def _mental_results(step: str) -> list[int]:
+    """The results of a step worked in the head, checked: 'expr=result', no spaces, no annotation."""
+    assert "<<" not in step and " = " not in step, step
+    results = []
+    for m in MENTAL_STEP.finditer(step):
+        assert eval(m.group(1)) == int(m.group(2)), step
+        results.append(int(m.group(2)))
+    return results
 
 
 def test_arithmetic_in_gsm8k_format():
     rng = random.Random(0)
-    num_steps, distracted, in_words = [], 0, 0
+    num_steps, distracted, in_words, mental = [], 0, 0, 0
     number_words = re.compile(r"\b(" + "|".join(number_to_words(n) for n in range(100)) + r")\b", re.IGNORECASE)
     for i in range(3000):
         problem = make_arithmetic_problem(rng, held_out=i % 5 == 0)
@@ -121,18 +146,14 @@ def test_arithmetic_in_gsm8k_format():
         *steps, last = problem["answer"].split("\n")
         final = re.fullmatch(r"#### (\d+)", last)
         assert final and steps, problem
+        # one style a whole answer: every step calls the calculator, or none does
+        in_head = "<<" not in problem["answer"]
+        mental += in_head
         results = []
         for step in steps:
-            matches = list(ANNOTATION.finditer(step))
-            assert matches, step
-            for m in matches:
-                expr, result = m.group(1), m.group(2)
-                assert re.fullmatch(r"\d+([-+*/]\d+)+", expr), step
-                assert re.fullmatch(r"\d+", result), step
-                assert eval(expr) == int(result), step
-                assert re.match(re.escape(result) + r"(\D|$)", step[m.end():]), step  # result repeated after >>
-                assert re.search(re.escape(expr) + r" = \$?$", step[:m.start()]), step  # 'expr = <<...'
-                results.append(int(result))
+            step_results = _mental_results(step) if in_head else _calculator_results(step)
+            assert step_results, step
+            results += step_results
         assert int(final.group(1)) == results[-1], problem
         num_steps.append(len(steps))
         numbers = [int(n) for n in re.findall(r"\d+", problem["question"])]
@@ -143,6 +164,7 @@ def test_arithmetic_in_gsm8k_format():
                                      r"school|pet fish", problem["question"]))
     assert set(num_steps) <= {2, 3, 4} and {2, 3, 4} <= set(num_steps)  # 2 to 4 calculator steps
     assert 0.3 < distracted / 3000 < 0.55 and in_words > 0.4 * 3000
+    assert abs(mental / 3000 - syn.arithmetic.MENTAL_PROBABILITY) < 0.03
 
 
 def test_generators_are_deterministic():

@@ -360,6 +360,8 @@ _ARITHMETIC_TEMPLATES = [_shopping, _sharing, _ages, _travel, _collecting, _baki
 DISTRACTOR_PROBABILITY = 0.5
 RUNNING_TOTAL_PROBABILITY = 0.5  # the fixed templates alone are learned almost perfectly by a d4 model
 WORD_NUMBER_PROBABILITY = 0.75  # of each count under 100 (not money) in a question
+MENTAL_PROBABILITY = 0.5  # of worked answers, which do their sums in the head instead of calling the calculator
+_MENTAL_STEP = re.compile(r" = (\$?)<<[^<>]*>>")
 
 
 def _in_words(rng: random.Random, text: str) -> str:
@@ -381,7 +383,10 @@ def _arithmetic_problem(rng: random.Random) -> dict:
     if rng.random() < DISTRACTOR_PROBABILITY:
         about_p = p.name in facts[0]  # only then may "he" or "his" in a detail refer to someone
         facts.insert(rng.randint(1, len(facts)), _distractor(rng, p, about_p, " ".join(facts)))  # after the first sentence
-    return {"question": _in_words(rng, " ".join(facts + [question])), "answer": "\n".join(lines + [f"#### {answer}"])}
+    worked = "\n".join(lines + [f"#### {answer}"])
+    if rng.random() < MENTAL_PROBABILITY:
+        worked = _MENTAL_STEP.sub(r"=\1", worked)  # '3*4=12': no spaces, no calculator
+    return {"question": _in_words(rng, " ".join(facts + [question])), "answer": worked}
 
 
 def make_arithmetic_problem(rng: random.Random, held_out: bool = False) -> dict:
