@@ -471,18 +471,30 @@ class Engine:
         Whole sequences (prompt + generated, stop token excluded) and their masks (0 on the
         prompt and on forced tool output, 1 on sampled tokens).
         """
-        results = [list(tokens) for _ in range(num_samples)]
-        masks = [[0] * len(tokens) for _ in range(num_samples)]
-        done = [False] * num_samples
-        for column, column_masks in self.generate(tokens, num_samples, **kwargs):
+        rows, masks, _ = self.generate_rows([tokens], [num_samples], **kwargs)
+        return rows, masks
+
+    def generate_rows(self, prompts: list[list[int]], num_samples: list[int], keep_stop: bool = False,
+                      **kwargs) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+        """
+        generate_batch for several prompts decoded together (generate_many): num_samples[j] rows
+        answer prompts[j], in order, as (rows, masks, truncated). A row that stopped ends with its
+        stop token only when keep_stop (mask 1: the model sampled it); truncated says which rows
+        reached max_tokens without stopping.
+        """
+        rows = [list(prompt) for prompt, n in zip(prompts, num_samples) for _ in range(n)]
+        masks = [[0] * len(row) for row in rows]
+        stopped = [False] * len(rows)
+        for column, column_masks in self.generate_many(prompts, num_samples, **kwargs):
             for i, (token, mask) in enumerate(zip(column, column_masks)):
-                if done[i]:
+                if stopped[i]:
                     continue
                 if token in self.stop_tokens:
-                    done[i] = True
-                    continue
-                results[i].append(token)
+                    stopped[i] = True
+                    if not keep_stop:
+                        continue
+                rows[i].append(token)
                 masks[i].append(mask)
-            if all(done):
+            if all(stopped):
                 break
-        return results, masks
+        return rows, masks, [not s for s in stopped]

@@ -140,23 +140,8 @@ def sample_answers(engine: Engine, prompts: list[list[int]], counts: list[int], 
     order. A row that stopped holds its stop token when keep_stop (mask 1: the model sampled it,
     so training on it teaches when to stop).
     """
-    rows = [list(prompt) for prompt, n in zip(prompts, counts) for _ in range(n)]
-    masks = [[0] * len(row) for row in rows]
-    stopped = [False] * len(rows)
-    for column, column_masks in engine.generate_many(prompts, counts, max_tokens=max_tokens, temperature=temperature,
-                                                     top_k=top_k, seed=seed):
-        for i, (token, mask) in enumerate(zip(column, column_masks)):
-            if stopped[i]:
-                continue
-            if token in engine.stop_tokens:
-                stopped[i] = True
-                if not keep_stop:
-                    continue
-            rows[i].append(token)
-            masks[i].append(mask)
-        if all(stopped):
-            break
-    return rows, masks, [not s for s in stopped]
+    return engine.generate_rows(prompts, counts, keep_stop=keep_stop, max_tokens=max_tokens, temperature=temperature,
+                                top_k=top_k, seed=seed)
 
 
 def answer_tokens(row: list[int], prompt_len: int, stop_tokens: set[int]) -> list[int]:

@@ -3,9 +3,10 @@ Evaluating a chat model on a Task, as chat_eval, chat_sft and chat_rl all do.
 
 Categorical tasks (multiple choice) are scored without sampling: the prompt goes through the
 model in batches and the prediction is the answer letter with the highest logit, among the
-example's letters only. Generative tasks are sampled through the Engine and judged by the
-task's own `evaluate`; with several samples an example counts as solved if any sample is
-right (pass@k). Examples are split across ranks and the counts summed.
+example's letters only. Generative tasks are sampled through the Engine, several problems
+decoded together, and judged by the task's own `evaluate`; with several samples an example
+counts as solved if any sample is right (pass@k). Examples are split across ranks and the
+counts summed.
 """
 
 from __future__ import annotations
@@ -72,21 +73,32 @@ def evaluate_categorical(task, model, tokenizer, batch_size: int = 8, max_proble
 @torch.no_grad()
 def evaluate_generative(task, model, tokenizer, num_samples: int = 1, max_new_tokens: int = 512,
                         temperature: float = 0.0, top_k: int | None = 50, max_problems: int | None = None,
-                        progress: bool = True, seed: int = 42) -> float:
-    """Fraction of examples with at least one right answer among num_samples samples (pass@num_samples)."""
+                        progress: bool = True, seed: int = 42, batch_size: int = 8) -> float:
+    """
+    Fraction of examples with at least one right answer among num_samples samples (pass@num_samples).
+    Problems are decoded together, batch_size answers a batch (each problem's samples in one
+    batch, so at least one problem), since a decoding step costs little more for more rows.
+    A batch's samples are drawn with seed + the index of its first problem; greedy answers
+    depend on neither.
+    """
     device = model.get_device()
     engine = Engine(model, tokenizer)
     indices = list(_my_indices(len(task), max_problems))
+    per_batch = max(1, batch_size // num_samples)
     correct = 0
-    bar = tqdm(indices, desc="generative", disable=not progress or get_dist_info()[1] != 0, leave=False)
-    for i in bar:
-        conversation = task[i]
-        prompt = tokenizer.render_for_completion(conversation)
-        rows, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
-                                        temperature=temperature, top_k=top_k, seed=seed + i)
-        answers = [tokenizer.decode(row[len(prompt):]) for row in rows]
-        correct += int(any(task.evaluate(conversation, answer) for answer in answers))
-        bar.set_postfix(acc=f"{correct / (bar.n + 1):.3f}")
+    bar = tqdm(total=len(indices), desc="generative", disable=not progress or get_dist_info()[1] != 0, leave=False)
+    for start in range(0, len(indices), per_batch):
+        batch = indices[start : start + per_batch]
+        conversations = [task[i] for i in batch]
+        prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
+        rows, _, _ = engine.generate_rows(prompts, [num_samples] * len(batch), max_tokens=max_new_tokens,
+                                          temperature=temperature, top_k=top_k, seed=seed + batch[0])
+        for j, (conversation, prompt) in enumerate(zip(conversations, prompts)):
+            answers = [tokenizer.decode(row[len(prompt):]) for row in rows[j * num_samples : (j + 1) * num_samples]]
+            correct += int(any(task.evaluate(conversation, answer) for answer in answers))
+        bar.update(len(batch))
+        bar.set_postfix(acc=f"{correct / (start + len(batch)):.3f}")
+    bar.close()
     correct, total = _summed_across_ranks(correct, len(indices), device)
     return correct / max(total, 1)
 
@@ -96,7 +108,7 @@ def evaluate_task(task, model, tokenizer, **kwargs) -> float:
     if task.eval_type == "categorical":
         keys = ("batch_size", "max_problems", "progress")
         return evaluate_categorical(task, model, tokenizer, **{k: v for k, v in kwargs.items() if k in keys})
-    keys = ("num_samples", "max_new_tokens", "temperature", "top_k", "max_problems", "progress", "seed")
+    keys = ("num_samples", "max_new_tokens", "temperature", "top_k", "max_problems", "progress", "seed", "batch_size")
     return evaluate_generative(task, model, tokenizer, **{k: v for k, v in kwargs.items() if k in keys})
 
 

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max_new_tokens", type=int, default=512, help="most tokens per generated answer")
     p.add_argument("--num_samples", type=positive_int, default=1, help="answers sampled per generative problem")
     p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens")
-    p.add_argument("--batch_size", type=positive_int, default=8, help="examples per forward pass for categorical tasks")
+    p.add_argument("--batch_size", type=positive_int, default=8,
+                   help="examples per forward pass (categorical), answers decoded together (generative)")
     p.add_argument("--max_problems", type=int, default=None,
                    help="evaluate at most this many examples per task (default: every one)")
     p.add_argument("--model_tag", default=None, help="model tag, e.g. d20 (default: the deepest one)")

@@ -44,6 +44,20 @@ def test_random_model_is_near_chance(offline, tiny_tokenizer):
     assert gsm == 0.0
 
 
+def test_generative_problems_decoded_together_answer_as_each_alone(offline, tiny_tokenizer, monkeypatch):
+    """Greedy answers do not depend on how many problems share a decode batch (nor on the seed)."""
+    model = tiny_gpt(tiny_tokenizer.get_vocab_size(), sequence_len=128, jitter=0.3).eval()  # answers that follow the prompt
+    task = build_eval_task("GSM8K")
+    answers = []
+    monkeypatch.setattr(type(task), "evaluate", lambda self, conversation, answer: answers.append(answer) or True)
+    for batch_size in (1, 4, 7):
+        assert evaluate_task(task, model, tiny_tokenizer, batch_size=batch_size, max_problems=9, max_new_tokens=12,
+                             progress=False, seed=batch_size) == 1.0
+    alone, by_four, by_seven = answers[:9], answers[9:18], answers[18:]
+    assert len(alone) == 9 and alone == by_four == by_seven
+    assert len(set(alone)) > 1 and all(alone)  # answers to different problems, each some text
+
+
 def test_categorical_prediction_is_restricted_to_the_letters(offline, tiny_tokenizer):
     """A model that loves a non-letter token still answers with one of the letters."""
     task = build_eval_task("ARC-Easy")
