@@ -9,7 +9,8 @@ Here the assistant's reply is a list of parts: every annotation becomes a python
 final `#### N` stays in the text; evaluation and the RL reward read the number after it.
 
 Offline twin: multi-step problems from nanochat.synthetic.make_arithmetic_problem (GSM8K's
-exact format), 8000 train and 500 test: train only training-side questions, test only
+exact format; half the answers work their sums without the calculator, one text part), 8000
+train and 500 test: train only training-side questions, test only
 held-out ones (synthetic.is_held_out), so no test question is in the train split or in the
 pretraining twin. Rows from the hub or data_files= are shuffled with seed 42, as nanochat does.
 """

@@ -361,7 +361,7 @@ DISTRACTOR_PROBABILITY = 0.5
 RUNNING_TOTAL_PROBABILITY = 0.5  # the fixed templates alone are learned almost perfectly by a d4 model
 WORD_NUMBER_PROBABILITY = 0.75  # of each count under 100 (not money) in a question
 MENTAL_PROBABILITY = 0.5  # of worked answers, which do their sums in the head instead of calling the calculator
-_MENTAL_STEP = re.compile(r" = (\$?)<<[^<>]*>>")
+_MENTAL_STEP = re.compile(r" = (\$?)<<[^<>]*>>")  # ' = $<<3*4=12>>' of '3*4 = $<<3*4=12>>12', leaving '3*4=$12'
 
 
 def _in_words(rng: random.Random, text: str) -> str:
@@ -393,7 +393,10 @@ def make_arithmetic_problem(rng: random.Random, held_out: bool = False) -> dict:
     """
     A grade-school word problem as {'question', 'answer'}, with the answer in GSM8K's exact
     format (worked steps with <<expr=result>> annotations, then '#### N'), so that the code
-    reading, rendering and rewarding real GSM8K rows works on these unchanged. Training-side
-    problems unless held_out.
+    reading, rendering and rewarding real GSM8K rows works on these unchanged. A share
+    MENTAL_PROBABILITY of the answers work their steps without the calculator ('44*8=352'):
+    the two styles part at one token (' =' or '='), so a model that imitates both commits to
+    one per answer, and RL or DPO can learn that the calculator's answers are the right ones.
+    Training-side problems unless held_out.
     """
     return draw(rng, _arithmetic_problem, held_out, lambda row: row["question"])
