@@ -47,9 +47,13 @@ RM_ARGS = ["--device_type=cpu", "--device_batch_size=4", "--target_pairs_per_ste
 
 
 def test_a_short_run_learns_and_the_model_loads_by_tag(sft_checkpoint):
-    results = chat_rm.main(RM_ARGS + ["--num_iterations=30", "--eval_every=30"])
-    # a random 128-token model is no judge (many held-out replies do not fit), but it learns something
-    assert results["val_accuracy"] > 0 and results["val_margin"] > 0 and results["val_loss"] < math.log(2)
+    results = chat_rm.main(RM_ARGS + ["--num_iterations=30", "--eval_every=30", "--eval_pairs=100"])
+    # a random 128-token model is no judge (many held-out replies do not fit, and its overall
+    # held-out loss wanders around log 2 with the twin's draw), but it learns something: the zero-init
+    # head scores every reply 0 (a tie counts as wrong), and the kinds with a word to see (a
+    # refusal, another name) are told apart on held-out pairs
+    assert results["val_accuracy"] > 0 and results["val_margin"] > 0
+    assert results["val_accuracy/refusal"] > 0.5 and results["val_accuracy/wrong_identity"] > 0.5
     model, tokenizer, meta = load_reward_model("cpu", "d1")
     evals = meta["loop_state"]["evals"]
     assert meta["step"] == 30 and evals["val_loss"][-1][1] < evals["val_loss"][0][1]
