@@ -133,17 +133,6 @@ class Group:
         return max(self.rewards) == min(self.rewards)
 
 
-def sample_answers(engine: Engine, prompts: list[list[int]], counts: list[int], max_tokens: int, temperature: float,
-                   top_k: int | None, seed: int, keep_stop: bool) -> tuple[list[list[int]], list[list[int]], list[bool]]:
-    """
-    counts[j] answers to prompts[j], all in one decode batch: (rows, masks, truncated), rows in
-    order. A row that stopped holds its stop token when keep_stop (mask 1: the model sampled it,
-    so training on it teaches when to stop).
-    """
-    return engine.generate_rows(prompts, counts, keep_stop=keep_stop, max_tokens=max_tokens, temperature=temperature,
-                                top_k=top_k, seed=seed)
-
-
 def answer_tokens(row: list[int], prompt_len: int, stop_tokens: set[int]) -> list[int]:
     """A row's answer, without the stop token the row may end with."""
     answer = row[prompt_len:]
@@ -233,9 +222,9 @@ def sample_rows(engine: Engine, prompts: list[list[int]], num_samples: int, samp
     for batch, start in enumerate(range(0, len(slots), sampling.batch_size)):
         batch_slots = slots[start : start + sampling.batch_size]
         members = sorted(set(batch_slots))
-        r, m, t = sample_answers(engine, [prompts[j] for j in members], [batch_slots.count(j) for j in members],
-                                 sampling.max_new_tokens, temperature, sampling.top_k, seed + batch,
-                                 keep_stop=sampling.keep_stop)
+        r, m, t = engine.generate_rows([prompts[j] for j in members], [batch_slots.count(j) for j in members],
+                                       keep_stop=sampling.keep_stop, max_tokens=sampling.max_new_tokens,
+                                       temperature=temperature, top_k=sampling.top_k, seed=seed + batch)
         rows, masks, truncated = rows + r, masks + m, truncated + t
     return rows, masks, truncated
 

@@ -17,7 +17,7 @@ from nanochat.engine import Engine
 from nanochat.execution import SandboxUnavailable, check_sandbox
 from nanochat.preference import as_reward_model, load_reward_model, reward_dir, score_conversation
 from nanochat.rl import (Group, LossConfig, ProblemSampler, RewardPool, group_advantages, pass_at_k, policy_loss,
-                         rollout_batches, rollout_statistics, sample_answers)
+                         rollout_batches, rollout_statistics)
 from nanochat.training import StepBatches, train_step_token_normalized
 from scripts import chat_rl
 import test_pref_data
@@ -137,9 +137,10 @@ def test_rollouts_keep_the_sampled_stop_token_and_tell_truncated_answers(tiny_to
     prompt = tiny_tokenizer.render_for_completion({"messages": [{"role": "user", "content": "hi"},
                                                                 {"role": "assistant", "content": ""}]})
     todays = engine.generate_batch(prompt, num_samples=6, max_tokens=5, temperature=1.0, top_k=50, seed=3)
-    rows, masks, _ = sample_answers(engine, [prompt], [6], 5, 1.0, 50, 3, keep_stop=False)
+    rows, masks, _ = engine.generate_rows([prompt], [6], max_tokens=5, temperature=1.0, top_k=50, seed=3)
     assert (rows, masks) == todays
-    rows, masks, truncated = sample_answers(engine, [prompt], [6], 5, 1.0, 50, 3, keep_stop=True)
+    rows, masks, truncated = engine.generate_rows([prompt], [6], keep_stop=True, max_tokens=5, temperature=1.0, top_k=50,
+                                                 seed=3)
     for row, mask, cut, old in zip(rows, masks, truncated, todays[0]):
         if cut:
             assert row == old and len(row) == len(prompt) + 5
