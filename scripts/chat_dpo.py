@@ -28,7 +28,7 @@ from nanochat.checkpoint_manager import checkpoint_dir_for
 from nanochat.common import print0, script_main
 from nanochat.preference import (LOSSES, held_out_sums, my_pairs, pair_schedule, pair_step, preference_loader,
                                  preference_loss, reference_logprobs, sequence_logprobs, token_kl, train_on_pairs)
-from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
+from nanochat.precision import autocast_context, choose_precision, compile_model
 from nanochat.preflight import plan_run
 from nanochat.stages import STAGES
 from nanochat.training import StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage
@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     stage = start_stage(args, "nanochat-dpo")
     model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
-    dtype = resolve_dtype(stage.device_type, args.dtype)
+    # rows are padded per batch: never compiled by default, so the run's length does not matter
+    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
+    print0(precision.describe())  # what it computes in, and why
+    dtype, use_compile = precision.dtype, precision.compile
     autocast = autocast_context(stage.device_type, dtype)
     # the frozen reference is the source checkpoint itself, also when a resumed policy has moved on
     reference_model = stage.frozen_source(args)
@@ -102,7 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     B = args.device_batch_size
     schedule = pair_schedule(args, world_size)
     train_set, val_set, num_iterations = schedule.train_set, schedule.val_set, schedule.num_iterations
-    use_compile = wants_compile(args.compile, stage.device_type, fixed_shapes=False)  # rows are padded per batch
     plan_run(model.config, 2 * B, max_len, world_size, dtype, use_compile, device, args, {
         "model": f"{stage.model_tag} from {args.source}: {model.num_params():,} parameters, and its frozen copy as the reference",
         **schedule.plan(args, world_size),

@@ -33,10 +33,10 @@ from functools import partial
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import get_dist_info, script_main
+from nanochat.common import get_dist_info, print0, script_main
 from nanochat.engine import Engine
 from nanochat.errors import PreflightError
-from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
+from nanochat.precision import autocast_context, choose_precision, compile_model
 from nanochat.preflight import plan_run
 from nanochat.preference import load_reward_model, score_conversations
 from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, SamplingConfig, all_reduce_sum,
@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
     if args.examples_per_step % world_size:
         raise PreflightError(f"--examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
-    dtype = resolve_dtype(stage.device_type, args.dtype)
+    # rollouts differ in length: never compiled by default, so the run's length does not matter
+    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
+    print0(precision.describe())  # what it computes in, and why
+    dtype, use_compile = precision.dtype, precision.compile
     autocast = autocast_context(stage.device_type, dtype)
     # the frozen reference of the KL: the source checkpoint itself (a resumed run loads it again, unchanged)
     ref_model = stage.frozen_source(args)
@@ -175,7 +178,6 @@ def main(argv: list[str] | None = None) -> dict:
         kl_coef=args.kl_coef, top_k=args.top_k, temperature=args.temperature,
         # sampling from what is trained (full distribution, temperature 1) needs no correction
         tis_cap=args.tis_cap if (args.top_k or args.temperature != 1.0) else 0.0)
-    use_compile = wants_compile(args.compile, stage.device_type, fixed_shapes=False)  # rollouts differ in length
     plan_run(model.config, args.device_batch_size, model.config.sequence_len, world_size, dtype, use_compile, device,
              args, {
         "model": f"{stage.model_tag} from {args.source}: {model.num_params():,} parameters",

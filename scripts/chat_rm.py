@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from nanochat.common import script_main
+from nanochat.common import print0, script_main
 from nanochat.preference import (as_reward_model, bradley_terry_loss, held_out_sums, pair_schedule, pair_step,
                                  preference_loader, reply_rewards, reward_dir, train_on_pairs)
-from nanochat.precision import autocast_context, compile_model, resolve_dtype, wants_compile
+from nanochat.precision import autocast_context, choose_precision, compile_model
 from nanochat.preflight import plan_run
 from nanochat.training import StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     stage = start_stage(args, "nanochat-rm")
     tokenizer, device, world_size = stage.tokenizer, stage.device, stage.world_size
-    dtype = resolve_dtype(stage.device_type, args.dtype)
+    # rows are padded per batch: never compiled by default, so the run's length does not matter
+    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
+    print0(precision.describe())  # what it computes in, and why
+    dtype, use_compile = precision.dtype, precision.compile
     autocast = autocast_context(stage.device_type, dtype)
     model = as_reward_model(stage.model)  # the same trunk, one score instead of the next-token logits
     checkpoint_dir = reward_dir(stage.model_tag)
@@ -81,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
     B = args.device_batch_size
     schedule = pair_schedule(args, world_size)
     train_set, val_set, num_iterations = schedule.train_set, schedule.val_set, schedule.num_iterations
-    use_compile = wants_compile(args.compile, stage.device_type, fixed_shapes=False)  # rows are padded per batch
     plan_run(model.config, 2 * B, max_len, world_size, dtype, use_compile, device, args, {
         "model": f"{stage.model_tag} from {args.source} with a scalar head: {model.num_params():,} parameters",
         **schedule.plan(args, world_size),

@@ -101,6 +101,7 @@ def test_chat_rl_two_ranks_with_bf16_and_compile(base_checkpoint):
     step, meta = _final_step(base_checkpoint / "chatrl_checkpoints" / "d1")
     assert step == 2 and meta["optim_ranks"] == 2
     assert "saved checkpoint at step 2" in out
+    assert "precision: bf16 autocast (--dtype), compile on (--compile)" in out  # chosen as every training stage chooses
 
 
 @pytest.mark.slow

@@ -46,8 +46,9 @@ RM_ARGS = ["--device_type=cpu", "--device_batch_size=4", "--target_pairs_per_ste
            "--eval_pairs=40", "--init_lr_frac=0.5", "--unembedding_lr=0.05"]
 
 
-def test_a_short_run_learns_and_the_model_loads_by_tag(sft_checkpoint):
+def test_a_short_run_learns_and_the_model_loads_by_tag(sft_checkpoint, capsys):
     results = chat_rm.main(RM_ARGS + ["--num_iterations=30", "--eval_every=30", "--eval_pairs=100"])
+    assert "compile off (batch shapes vary)" in capsys.readouterr().out  # rows padded per batch
     # a random 128-token model is no judge (many held-out replies do not fit, and its overall
     # held-out loss wanders around log 2 with the twin's draw), but it learns something: the zero-init
     # head scores every reply 0 (a tie counts as wrong), and the kinds with a word to see (a
