@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 
+from nanochat.common import print0
+
 
 def resolve_dtype(device_type: str, dtype: str) -> torch.dtype:
-    """'auto' is bf16 on CUDA and fp32 elsewhere (inference, evaluation; training stages use choose_precision)."""
+    """'auto' is bf16 on CUDA and fp32 elsewhere (inference, evaluation; training stages use training_precision)."""
     if dtype == "auto":
         return torch.bfloat16 if device_type == "cuda" else torch.float32
     if dtype not in ("bfloat16", "float32"):
@@ -148,3 +150,14 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float | None:
 def peak_memory_mib(device: torch.device) -> float | None:
     """The most memory the device has held in tensors so far, in MiB (CUDA only: torch keeps no CPU statistics)."""
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def training_precision(device_type: str, dtype: str, compile: str, fixed_shapes: bool,
+                       train_tokens: int | None) -> tuple[torch.dtype, bool, contextlib.AbstractContextManager]:
+    """
+    choose_precision for a training stage, printed (rank 0) as its line on what it computes in
+    and why; returns (dtype, whether to compile, the autocast context to run the math in).
+    """
+    precision = choose_precision(device_type, dtype, compile, fixed_shapes, train_tokens)
+    print0(precision.describe())
+    return precision.dtype, precision.compile, autocast_context(device_type, precision.dtype)

@@ -21,7 +21,7 @@ from nanochat.core_eval import evaluate_core, get_eval_bundle_dir, load_tasks
 from nanochat.dataloader import tokenizing_distributed_data_loader, tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
 from nanochat.loss_eval import evaluate_bpb, sample_completions
-from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
+from nanochat.precision import compile_model, peak_flops, training_precision
 from nanochat.preflight import plan_run
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
 from nanochat.stages import STAGES
@@ -97,11 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     B, T = args.device_batch_size, args.max_seq_len
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     tokens_per_step = args.total_batch_size
-    precision = choose_precision(device_type, args.dtype, args.compile, fixed_shapes=True,
-                                 train_tokens=num_iterations * tokens_per_step)
-    print0(precision.describe())  # the run's first line: what it computes in, and why
-    dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(device_type, dtype)
+    # the run's first line: what it computes in, and why
+    dtype, use_compile, autocast = training_precision(device_type, args.dtype, args.compile, fixed_shapes=True,
+                                                      train_tokens=num_iterations * tokens_per_step)
     plan_run(config, B, T, world_size, dtype, use_compile, device, args, {
         "model": f"{model_tag}: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, vocab {config.vocab_size:,}",
         "steps": f"{num_iterations:,} of {tokens_per_step:,} tokens; {num_iterations * tokens_per_step / num_params:.1f} tokens/param",

@@ -28,7 +28,7 @@ from nanochat.checkpoint_manager import checkpoint_dir_for
 from nanochat.common import print0, script_main
 from nanochat.preference import (LOSSES, held_out_sums, my_pairs, pair_schedule, pair_step, preference_loader,
                                  preference_loss, reference_logprobs, sequence_logprobs, token_kl, train_on_pairs)
-from nanochat.precision import autocast_context, choose_precision, compile_model
+from nanochat.precision import compile_model, training_precision
 from nanochat.preflight import plan_run
 from nanochat.stages import STAGES
 from nanochat.training import StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage
@@ -94,10 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     stage = start_stage(args, "nanochat-dpo")
     model, tokenizer, device, world_size = stage.model, stage.tokenizer, stage.device, stage.world_size
     # rows are padded per batch: never compiled by default, so the run's length does not matter
-    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
-    print0(precision.describe())  # what it computes in, and why
-    dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(stage.device_type, dtype)
+    dtype, use_compile, autocast = training_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False,
+                                                      train_tokens=None)
     # the frozen reference is the source checkpoint itself, also when a resumed policy has moved on
     reference_model = stage.frozen_source(args)
     checkpoint_dir = checkpoint_dir_for("dpo", stage.model_tag)

@@ -33,10 +33,10 @@ from functools import partial
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import get_dist_info, print0, script_main
+from nanochat.common import get_dist_info, script_main
 from nanochat.engine import Engine
 from nanochat.errors import PreflightError
-from nanochat.precision import autocast_context, choose_precision, compile_model
+from nanochat.precision import compile_model, training_precision
 from nanochat.preflight import plan_run
 from nanochat.preference import load_reward_model, score_conversations
 from nanochat.rl import (REWARD_TASKS, Group, LossConfig, ProblemSampler, RewardPool, SamplingConfig, all_reduce_sum,
@@ -151,10 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.examples_per_step % world_size:
         raise PreflightError(f"--examples_per_step={args.examples_per_step} must be a multiple of the {world_size} ranks")
     # rollouts differ in length: never compiled by default, so the run's length does not matter
-    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
-    print0(precision.describe())  # what it computes in, and why
-    dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(stage.device_type, dtype)
+    dtype, use_compile, autocast = training_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False,
+                                                      train_tokens=None)
     # the frozen reference of the KL: the source checkpoint itself (a resumed run loads it again, unchanged)
     ref_model = stage.frozen_source(args)
     reward_model = None

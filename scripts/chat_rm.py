@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from nanochat.common import print0, script_main
+from nanochat.common import script_main
 from nanochat.preference import (as_reward_model, bradley_terry_loss, held_out_sums, pair_schedule, pair_step,
                                  preference_loader, reply_rewards, reward_dir, train_on_pairs)
-from nanochat.precision import autocast_context, choose_precision, compile_model
+from nanochat.precision import compile_model, training_precision
 from nanochat.preflight import plan_run
 from nanochat.training import StepBatches, StepLog, TrainingLoop, build_optimizers, finish_run, start_stage
 from scripts.flags import ArgumentParser, add_preference_args, add_stage_args
@@ -74,10 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     stage = start_stage(args, "nanochat-rm")
     tokenizer, device, world_size = stage.tokenizer, stage.device, stage.world_size
     # rows are padded per batch: never compiled by default, so the run's length does not matter
-    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
-    print0(precision.describe())  # what it computes in, and why
-    dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(stage.device_type, dtype)
+    dtype, use_compile, autocast = training_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False,
+                                                      train_tokens=None)
     model = as_reward_model(stage.model)  # the same trunk, one score instead of the next-token logits
     checkpoint_dir = reward_dir(stage.model_tag)
     max_len = args.max_seq_len or model.config.sequence_len

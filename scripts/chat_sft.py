@@ -16,10 +16,10 @@ import sys
 import time
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import print0, script_main
+from nanochat.common import script_main
 from nanochat.dataloader import sft_loader
 from nanochat.loss_eval import evaluate_loss
-from nanochat.precision import autocast_context, choose_precision, compile_model
+from nanochat.precision import compile_model, training_precision
 from nanochat.preflight import plan_run
 from nanochat.schedules import apply_schedule
 from nanochat.stages import STAGES
@@ -96,10 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     if num_iterations <= 0:
         num_iterations = len(train_set) // args.target_examples_per_step * args.num_epochs
     # rows are padded per batch: never compiled by default, so the run's length does not matter
-    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False, train_tokens=None)
-    print0(precision.describe())  # the run's first line: what it computes in, and why
-    dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(stage.device_type, dtype)
+    dtype, use_compile, autocast = training_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=False,
+                                                      train_tokens=None)
     plan_run(model.config, B, max_len, world_size, dtype, use_compile, device, args, {
         "model": f"{stage.model_tag} from {args.source}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations, each on its own row of at most {max_len} tokens",

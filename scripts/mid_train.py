@@ -16,10 +16,10 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import checkpoint_dir_for
-from nanochat.common import print0, script_main
+from nanochat.common import script_main
 from nanochat.dataloader import packed_conversation_loader
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.precision import autocast_context, choose_precision, compile_model, peak_flops
+from nanochat.precision import compile_model, peak_flops, training_precision
 from nanochat.preflight import plan_run
 from nanochat.schedules import apply_schedule, lr_multiplier, muon_momentum
 from nanochat.stages import STAGES
@@ -85,12 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     grad_accum_steps = grad_accum_steps_for(args.total_batch_size, B, T, world_size)
     train_set, val_set = build_mixtures(args.spelling_size, args.max_conversations)
     # packed rows: always B×T; -1 iterations is a pass over the mixture
-    precision = choose_precision(stage.device_type, args.dtype, args.compile, fixed_shapes=True,
-                                 train_tokens=args.num_iterations * args.total_batch_size
-                                 if args.num_iterations > 0 else None)
-    print0(precision.describe())  # the run's first line: what it computes in, and why
-    dtype, use_compile = precision.dtype, precision.compile
-    autocast = autocast_context(stage.device_type, dtype)
+    dtype, use_compile, autocast = training_precision(
+        stage.device_type, args.dtype, args.compile, fixed_shapes=True,
+        train_tokens=args.num_iterations * args.total_batch_size if args.num_iterations > 0 else None)
     plan_run(model.config, B, T, world_size, dtype, use_compile, device, args, {
         "model": f"{stage.model_tag} from {args.source} step {stage.source_meta['step']}: {model.num_params():,} parameters",
         "data": f"{len(train_set):,} conversations packed into rows of {T} tokens",
