@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat.common import NanochatError, atomic_write, command_here, found_elsewhere, get_base_dir, get_dist_info, logger
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT, GPTConfig, saved_config
 from nanochat.stages import get_stage
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer, get_tokenizer_dir
 
@@ -136,6 +136,7 @@ def save_checkpoint(
     if rank == 0:
         if "model_config" not in meta_data:
             raise ValueError("meta_data needs 'model_config' (the GPTConfig fields) or the checkpoint cannot be loaded")
+        meta_data = {**meta_data, "model_config": saved_config(meta_data["model_config"])}
         json.dumps(meta_data)  # a meta that is not JSON fails before anything is written
         remove_stale_temp_files(checkpoint_dir)
         model_path = _model_path(checkpoint_dir, step)

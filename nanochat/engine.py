@@ -64,8 +64,13 @@ def weights_signature(model: torch.nn.Module) -> tuple:
 
 
 def _decode(model: GPT, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
-            masked: bool, matvec: bool) -> torch.Tensor:
-    return model.decode_step(idx, pos, window, cache, masked, matvec)
+            masked: bool, matvec: bool, last_ids: torch.Tensor | None) -> torch.Tensor:
+    return model.decode_step(idx, pos, window, cache, masked, matvec, last_ids)
+
+
+def _last_ids(model: GPT, cache: KVCache) -> torch.Tensor | None:
+    """What a decode step needs besides the new tokens: each row's previous token, for a smear model only."""
+    return cache.last_ids if model.config.smear else None
 
 
 def _own_forward(model: torch.nn.Module) -> bool:
@@ -163,7 +168,10 @@ class CompiledDecoder:
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
         rows = ids.size(0)
-        args = (self.model, ids, pos, window, cache.cache, self.static, rows == 1 and not self.static)
+        last_ids = _last_ids(self.model, cache)
+        if last_ids is not None and rows > 1 and not self.static:
+            torch._dynamo.maybe_mark_dynamic(last_ids, 0)
+        args = (self.model, ids, pos, window, cache.cache, self.static, rows == 1 and not self.static, last_ids)
         graph = self.graph(rows, cache.cache.size(4))
         if graph in self.compile_s:
             return self.fn(*args)
@@ -284,6 +292,7 @@ class Engine:
             first_logits.append(model(ids, kv_cache=prefill_cache)[:, -1, :].expand(n, -1))
             cache.cache[:, :, row : row + n, :, : len(prompt)] = prefill_cache.cache[:, :, :, :, : len(prompt)]
             row += n
+        cache.last_ids = torch.tensor([p[-1] for p, n in zip(prompts, num_samples) for _ in range(n)], device=device)[:, None]
         pos = torch.tensor([len(p) for p, n in zip(prompts, num_samples) for _ in range(n)], device=device)
         positions = torch.arange(cache.cache.size(4), device=device)
         self.decode_path = "eager (prompts of different lengths: a position per row)"
@@ -292,8 +301,9 @@ class Engine:
             nonlocal pos, top
             top += 1
             # the window reaches the furthest row; each row is masked past its own position
-            logits = model.decode_step(next_ids, pos, positions[: top + 1], cache.cache, masked=True)
-            pos = pos + 1
+            logits = model.decode_step(next_ids, pos, positions[: top + 1], cache.cache, masked=True,
+                                       last_ids=_last_ids(model, cache))
+            pos, cache.last_ids = pos + 1, next_ids
             return logits
 
         yield from self._decode_loop(torch.cat(first_logits), forward, lambda: None, max_tokens, temperature, top_k, seed)
@@ -422,7 +432,7 @@ class Engine:
                 logger.warning("engine: compiling the decode step failed, decoding eagerly: %s", self._compile_failed)
                 eager = self._eager_forward(cache, num_samples)
                 return eager(ids)
-            cache.pos = pos + 1
+            cache.pos, cache.last_ids = pos + 1, ids
             return logits
 
         return forward, lambda: decoder.release(cache)

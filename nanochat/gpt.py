@@ -5,7 +5,8 @@ A plain decoder-only Transformer with the choices nanochat made (and whose check
 here unchanged): rotary position embeddings (base 10000), QK norm, parameter-free RMSNorm
 (also right after the token embedding and before the head), ReLU² MLP of 4x width, no
 biases, an untied head, grouped-query attention, logits soft-capped at 15, and output
-projections and head initialized to zero.
+projections and head initialized to zero. One option nanochat does not have, off by default:
+smear (GPTConfig.smear, base_train --smear), see GPT.smear.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,6 +35,9 @@ class GPTConfig:
     n_head: int = 6  # query heads
     n_kv_head: int = 6  # key/value heads (GQA when fewer than n_head)
     n_embd: int = 768
+    # each token's embedding plus a gated share of the previous token's (not in nanochat, so off by
+    # default; see GPT.smear)
+    smear: bool = False
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -43,7 +48,20 @@ class GPTConfig:
             raise ValueError("the head dimension must be even for rotary embeddings")
 
 
-def config_for_depth(depth: int, vocab_size: int, sequence_len: int = 2048, n_kv_head: int | None = None) -> GPTConfig:
+# fields nanochat's GPTConfig does not have, with the value that leaves the model as nanochat's
+EXTENSIONS_OFF = {"smear": False}
+
+
+def saved_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """
+    A checkpoint's model_config as written to its meta: our extensions only when they are on,
+    so nanochat's loader (GPTConfig(**model_config)) reads every checkpoint that does not use them.
+    """
+    return {k: v for k, v in model_config.items() if not (k in EXTENSIONS_OFF and v == EXTENSIONS_OFF[k])}
+
+
+def config_for_depth(depth: int, vocab_size: int, sequence_len: int = 2048, n_kv_head: int | None = None,
+                     smear: bool = False) -> GPTConfig:
     """The one-dial model: width 64·depth, heads of 128 dims (at least one head)."""
     n_embd = 64 * depth
     n_head = max(1, n_embd // 128)
@@ -54,6 +72,7 @@ def config_for_depth(depth: int, vocab_size: int, sequence_len: int = 2048, n_kv
         n_head=n_head,
         n_kv_head=n_kv_head or n_head,
         n_embd=n_embd,
+        smear=smear,
     )
 
 
@@ -97,9 +116,12 @@ class KVCache:
         self.cache = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0
         self.num_layers = num_layers
+        # (B, 1) the last token fed through the cache: what a smear model mixes into the next one
+        self.last_ids: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.pos = 0
+        self.last_ids = None
 
     def get_pos(self) -> int:
         return self.pos
@@ -131,6 +153,8 @@ class KVCache:
         self._grow(other.pos)
         self.cache[:, :, :, :, : other.pos] = other.cache[:, :, :, :, : other.pos]
         self.pos = other.pos
+        if other.last_ids is not None:
+            self.last_ids = other.last_ids.expand(self.cache.size(2), -1).clone()
 
 
 class CausalSelfAttention(nn.Module):
@@ -245,6 +269,7 @@ class GPT(nn.Module):
             }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.smear_gate = nn.Linear(config.n_embd, 1, bias=False) if config.smear else None
         # the loss in chunks of rows, never the full logits (False: the plain expression, for benchmarks)
         self.chunked_loss = True
         # rotary tables cover 10x the training length so generation can run past it
@@ -273,6 +298,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
+        if self.smear_gate is not None:
+            nn.init.zeros_(self.smear_gate.weight)  # the gate starts half open for every token
         head_dim = self.config.n_embd // self.config.n_head
         self.cos, self.sin = self._rotary_tables(self.rotary_seq_len, head_dim, device=self.lm_head.weight.device)
 
@@ -306,6 +333,9 @@ class GPT(nn.Module):
             {"params": [self.lm_head.weight], "lr": unembedding_lr * scale},
             {"params": [self.transformer.wte.weight], "lr": embedding_lr * scale},
         ]
+        if self.smear_gate is not None:
+            # one row read from every token's embedding, like the head's rows: the head's rate
+            adam_groups.append({"params": [self.smear_gate.weight], "lr": unembedding_lr * scale})
         ddp = get_dist_info()[0]
         optimizers = [
             build_adamw(adam_groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=weight_decay, distributed=ddp),
@@ -324,6 +354,11 @@ class GPT(nn.Module):
         if t0 + T > self.max_context:
             raise ValueError(f"sequence of {t0 + T} tokens is longer than the rotary tables ({self.max_context})")
         x = self.transformer.wte(idx)
+        if self.smear_gate is not None:
+            before = None if kv_cache is None or kv_cache.last_ids is None else self.transformer.wte(kv_cache.last_ids)
+            x = self.smear(x, before)
+        if kv_cache is not None:
+            kv_cache.last_ids = idx[:, -1:]
         # under autocast the residual stream runs in the autocast dtype: an embedding lookup is not
         # autocast, and an fp32 residual would make every block save fp32 activations for backward
         # (~4·n_embd·n_layer extra bytes a token: 6.6 GB at d20, batch 32×2048). The weights stay fp32.
@@ -345,16 +380,34 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
 
+    def smear(self, x: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+        """
+        Token embeddings x (B, T, C) plus a share, gated by each token, of the previous token's
+        embedding; before (B, 1, C) is the one before x[:, 0] (None at a sequence's start). A
+        word then carries what came just before it (the letter labelling a choice, the word
+        before this one) into the first layer's keys and values, which otherwise takes an
+        attention head learned for it: the first step of an induction or lookup circuit for free.
+        """
+        start = torch.zeros_like(x[:, :1]) if before is None else before.to(x.dtype)
+        previous = torch.cat((start, x[:, :-1]), dim=1)
+        return x + torch.sigmoid(self.smear_gate(x)) * previous
+
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
-                    masked: bool = False, matvec: bool = False) -> torch.Tensor:
+                    masked: bool = False, matvec: bool = False, last_ids: torch.Tensor | None = None) -> torch.Tensor:
         """
         One decoding step in a form a compiler can capture once and replay: every row's next
         token idx (B, 1) at position pos (a (1,) long tensor, or (B,): a position per row),
         written in place into cache (a KVCache's tensor), attention over its first len(window)
         positions (see CausalSelfAttention.decode_step; matvec: see decode_linear). Returns the
         (B, vocab) fp32 logits, as forward(idx, kv_cache=...)[:, -1] does up to rounding.
+        last_ids (B, 1): each row's token before idx, which a smear model needs.
         """
-        x = norm(self.transformer.wte(idx))
+        x = self.transformer.wte(idx)
+        if self.smear_gate is not None:
+            if last_ids is None:
+                raise ValueError("a smear model's decode step needs last_ids, each row's previous token")
+            x = self.smear(x, self.transformer.wte(last_ids))
+        x = norm(x)
         # (1 or B, 1, 1, D/2): each row rotated by its own position
         cos_sin = tuple(t.index_select(1, pos).transpose(0, 1).to(x.dtype) for t in (self.cos, self.sin))
         for block in self.transformer.h:

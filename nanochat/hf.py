@@ -448,6 +448,9 @@ def model_card(model: GPT, source: str, meta: dict[str, Any], summary: str | Non
 def export_folder(model: GPT, tokenizer: RustBPETokenizer, out_dir: str, card: str) -> list[str]:
     """Write a transformers checkpoint (config, weights, generation config, tokenizer, card) to out_dir; returns the files."""
     safetensors_torch = _require("safetensors.torch")
+    if model.config.smear:
+        raise HFInteropError("the model was trained with --smear, which transformers' NanoChat does not compute; "
+                             "only models without it can be exported")
     if tokenizer.get_vocab_size() != model.config.vocab_size:
         raise HFInteropError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab size is "

@@ -27,6 +27,7 @@ from nanochat.checkpoint_manager import (
 )
 from nanochat.common import get_dist_info, print0
 from nanochat.errors import ResumeError
+from nanochat.gpt import saved_config
 
 # flags that change what a run computes are compared on resume; these only change what it
 # logs, evaluates, keeps or where it runs, so a resumed run may set them differently
@@ -129,6 +130,8 @@ def resume_training(checkpoint_dir: str, step: int | None, model: torch.nn.Modul
     if missing:
         raise CheckpointError(f"step {step} in {checkpoint_dir} has no {missing} in its meta, so it cannot be resumed "
                               "(it was not saved by a training run); start a fresh run with --overwrite")
+    if "model_config" in expect:  # as the meta holds it (extensions only where on)
+        expect = {**expect, "model_config": saved_config(expect["model_config"])}
     differ = {k: (meta.get(k), v) for k, v in expect.items() if meta.get(k) != v}
     if flags is not None and "user_config" in meta:
         differ.update(changed_flags(meta["user_config"], flags))

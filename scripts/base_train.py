@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # model
     p.add_argument("--depth", type=positive_int, default=20, help="layers; width is 64·depth")
     p.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (0: as many as query heads)")
+    p.add_argument("--smear", action="store_true",
+                   help="mix each token's embedding with the previous one's (GPT.smear; not loadable by nanochat)")
     p.add_argument("--max_seq_len", type=positive_int, default=2048, help="tokens per training row (the context length)")
     # how long to train: the first of these that is set wins
     p.add_argument("--num_iterations", type=int, default=-1, help="optimizer steps (-1: from the next two flags)")
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = get_tokenizer()
     token_bytes = get_token_bytes(device)
-    config = config_for_depth(args.depth, tokenizer.get_vocab_size(), args.max_seq_len, args.n_kv_head or None)
+    config = config_for_depth(args.depth, tokenizer.get_vocab_size(), args.max_seq_len, args.n_kv_head or None,
+                              smear=args.smear)
     model_tag = args.model_tag or f"d{args.depth}"
     checkpoint_dir = checkpoint_dir_for("base", model_tag)
 

@@ -22,12 +22,15 @@ def _files(checkpoint_dir, step):
             (f"model_{step:06d}.pt", f"optim_{step:06d}_rank0.pt")}
 
 
-def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup):
-    args = TINY + ["--num_iterations=8", "--save_every=4", "--eval_every=3", "--model_tag=t"]
+@pytest.mark.parametrize("smear", [False, True])
+def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup, smear):
+    args = TINY + ["--num_iterations=8", "--save_every=4", "--eval_every=3", "--model_tag=t"] + ["--smear"] * smear
     base_train.main(args)
     ckpt = synthetic_setup / "base_checkpoints" / "t"
     uninterrupted = _files(ckpt, 8)
     meta8 = json.loads((ckpt / "meta_000008.json").read_text())
+    assert meta8["model_config"].get("smear", False) is smear  # written only when on (nanochat loads the rest)
+    assert ("smear_gate.weight" in uninterrupted["model_000008.pt"]) is smear
     # what a run killed after its step-4 save leaves behind
     for name in ("model_000008.pt", "optim_000008_rank0.pt", "meta_000008.json"):
         os.remove(ckpt / name)

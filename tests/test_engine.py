@@ -8,9 +8,9 @@ from nanochat.gpt import GPT, GPTConfig
 from scripted import ScriptedModel
 
 
-def real_model(vocab: int, n_kv_head: int = 2, seed: int = 0) -> GPT:
+def real_model(vocab: int, n_kv_head: int = 2, seed: int = 0, smear: bool = False) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=64))
+    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=64, smear=smear))
     model.init_weights()
     with torch.no_grad():
         for p in model.parameters():
@@ -383,3 +383,57 @@ def test_static_shape_step_as_cuda_graphs_need_it(tiny_tokenizer):
     first.close(), second.close()
     static.generate_batch(prompt, 3, **kwargs)
     assert static.decoder._static_cache[1] is kept and not static.decoder._static_busy
+
+
+# --- a smear model (GPTConfig.smear): every decode path carries each row's previous token ---------
+
+
+def test_smear_decode_steps_equal_forward():
+    """decode_step with last_ids, one position for all rows and a position per row, gives forward's logits."""
+    from nanochat.gpt import KVCache
+
+    model = real_model(128, seed=7, smear=True)
+    cfg = model.config
+    idx = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        full = model(idx)
+        cache = KVCache(2, cfg.n_kv_head, 24, cfg.n_embd // cfg.n_head, cfg.n_layer)
+        model(idx[:, :8], kv_cache=cache)
+        positions = torch.arange(24)
+        for t in range(8, 20):
+            logits = model.decode_step(idx[:, t : t + 1], positions[t : t + 1], positions[: t + 1], cache.cache,
+                                       last_ids=idx[:, t - 1 : t])
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+        # rows at different positions (generate_many's step): row 1 four tokens behind row 0
+        cache.reset()
+        model(idx[:, :8], kv_cache=cache)
+        pos = torch.tensor([8, 4])
+        ids = torch.stack([idx[0, 8:9], idx[1, 4:5]])
+        logits = model.decode_step(ids, pos, positions[:9], cache.cache, masked=True, last_ids=torch.stack([idx[0, 7:8], idx[1, 3:4]]))
+        torch.testing.assert_close(logits, torch.stack([full[0, 8], full[1, 4]]), atol=1e-5, rtol=1e-5)
+
+
+def test_smear_engine_paths_give_the_models_own_tokens(tiny_tokenizer):
+    """Eager, compiled (CPU graphs) and static-shape decoding, one prompt or several: the tokens of GPT.generate."""
+    from nanochat.engine import CompiledDecoder
+
+    model = real_model(tiny_tokenizer.get_vocab_size(), seed=8, smear=True)
+    eager, compiled = Engine(model, tiny_tokenizer, compile="off"), Engine(model, tiny_tokenizer, compile="on")
+    static = Engine(model, tiny_tokenizer, compile="on")
+    static.decoder = CompiledDecoder(model, static=True)
+    prompts = [tiny_tokenizer.encode(t, prepend="<|bos|>") for t in ("the cat sat on", "over hill", "apple river stone and")]
+    for prompt in prompts[:2]:
+        reference = _cut(list(model.generate(prompt, max_tokens=20, temperature=0.0)), eager.stop_tokens)
+        for engine in (eager, compiled, static):
+            rows, _ = engine.generate_batch(prompt, num_samples=3, max_tokens=20, temperature=0.0)
+            assert all(row == prompt + reference for row in rows)
+    assert compiled.decode_path.startswith("compiled") and static.decode_path.startswith("compiled")
+    sampled = dict(max_tokens=16, temperature=1.0, seed=4)
+    assert compiled.generate_batch(prompts[0], 3, **sampled) == eager.generate_batch(prompts[0], 3, **sampled)
+    columns = list(eager.generate_many(prompts, [2, 1, 2], max_tokens=12, temperature=0.0))
+    row = 0
+    for prompt, n in zip(prompts, [2, 1, 2]):
+        alone = _cut(list(model.generate(prompt, max_tokens=12, temperature=0.0)), eager.stop_tokens)
+        for _ in range(n):
+            assert _cut([c[row] for c, _ in columns], eager.stop_tokens) == alone
+            row += 1

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from nanochat.gpt import GPT, GPTConfig, KVCache, config_for_depth
 
 
-def make_model(n_head: int = 4, n_kv_head: int = 4, n_layer: int = 2, n_embd: int = 64, vocab: int = 300, seed: int = 0) -> GPT:
+def make_model(n_head: int = 4, n_kv_head: int = 4, n_layer: int = 2, n_embd: int = 64, vocab: int = 300, seed: int = 0,
+               smear: bool = False) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd))
+    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
+                          smear=smear))
     model.init_weights()
     with torch.no_grad():  # the zero-initialized projections and head would hide most bugs
         for p in model.parameters():
@@ -26,6 +28,7 @@ def test_state_dict_names_are_nanochats():
         expected |= {f"transformer.h.{i}.attn.{n}.weight" for n in ("c_q", "c_k", "c_v", "c_proj")}
         expected |= {f"transformer.h.{i}.mlp.{n}.weight" for n in ("c_fc", "c_proj")}
     assert set(model.state_dict()) == expected
+    assert set(make_model(n_layer=2, smear=True).state_dict()) == expected | {"smear_gate.weight"}
 
 
 def test_depth_dial():
@@ -63,7 +66,11 @@ def _reference_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     def rms(x):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
 
-    x = rms(model.transformer.wte.weight[idx])
+    e = model.transformer.wte.weight[idx]
+    if cfg.smear:  # plus the gated embedding of the token before (none before the first)
+        before = torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], dim=1)
+        e = e + torch.sigmoid(e @ model.smear_gate.weight.T) * before
+    x = rms(e)
     for block in model.transformer.h:
         a = block.attn
         h = rms(x)
@@ -82,9 +89,9 @@ def _reference_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     return 15 * torch.tanh(logits / 15)
 
 
-@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
-def test_forward_matches_an_independent_implementation(n_kv_head):
-    model = make_model(n_kv_head=n_kv_head)
+@pytest.mark.parametrize("n_kv_head,smear", [(4, False), (2, False), (1, False), (2, True)])
+def test_forward_matches_an_independent_implementation(n_kv_head, smear):
+    model = make_model(n_kv_head=n_kv_head, smear=smear)
     idx = torch.randint(0, 300, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), _reference_forward(model, idx), atol=1e-4, rtol=1e-4)
@@ -105,9 +112,9 @@ def test_loss_reductions_and_ignore_index():
     assert logits.abs().max() < 15
 
 
-@pytest.mark.parametrize("n_kv_head", [4, 2])
-def test_kv_cache_decoding_equals_full_forward(n_kv_head):
-    model = make_model(n_kv_head=n_kv_head)
+@pytest.mark.parametrize("n_kv_head,smear", [(4, False), (2, False), (2, True)])
+def test_kv_cache_decoding_equals_full_forward(n_kv_head, smear):
+    model = make_model(n_kv_head=n_kv_head, smear=smear)
     idx = torch.randint(0, 300, (3, 30))
     cfg = model.config
     with torch.no_grad():
@@ -121,8 +128,9 @@ def test_kv_cache_decoding_equals_full_forward(n_kv_head):
     assert cache.get_pos() == 30
 
 
-def test_kv_cache_prefill_broadcasts_one_row_to_many():
-    model = make_model(n_kv_head=2)
+@pytest.mark.parametrize("smear", [False, True])
+def test_kv_cache_prefill_broadcasts_one_row_to_many(smear):
+    model = make_model(n_kv_head=2, smear=smear)
     cfg = model.config
     prompt = torch.randint(0, 300, (1, 12))
     nxt = torch.randint(0, 300, (4, 1))
@@ -135,6 +143,24 @@ def test_kv_cache_prefill_broadcasts_one_row_to_many():
         out = model(nxt, kv_cache=many)[:, -1]
         full = model(torch.cat([prompt.expand(4, -1), nxt], dim=1))[:, -1]
     torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+
+
+def test_smear_mixes_in_only_the_token_before():
+    """Position 0 has no token before it (the model without smear); later positions depend on their predecessor, never on later tokens."""
+    smeared = make_model(smear=True)
+    plain = make_model()
+    plain.load_state_dict({k: v for k, v in smeared.state_dict().items() if k != "smear_gate.weight"})
+    idx = torch.randint(0, 300, (2, 12))
+    changed = idx.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % 300
+    with torch.no_grad():
+        a, b = smeared(idx), smeared(changed)
+        torch.testing.assert_close(a[:, 0], plain(idx)[:, 0], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(a[:, 1:], plain(idx)[:, 1:], atol=1e-3)
+        torch.testing.assert_close(a[:, :6], b[:, :6])  # causal: a change at 6 moves nothing before it
+        nxt = idx[:, 5:6]
+        with pytest.raises(ValueError, match="last_ids"):
+            smeared.decode_step(nxt, torch.tensor([5]), torch.arange(6), torch.zeros(2, 2, 2, 4, 8, 16))
 
 
 def test_generate_greedy_is_argmax_of_full_forward():

@@ -17,7 +17,7 @@ import torch
 from nanochat import preflight
 from nanochat.checkpoint_manager import CheckpointError, find_last_step, prune_checkpoints, save_checkpoint
 from nanochat.common import configure_cuda
-from nanochat.gpt import GPTConfig
+from nanochat.gpt import GPT, GPTConfig
 from nanochat.training import StepBatches, train_step
 from tiny import assert_bitwise_equal, make_batches, make_tiny_model
 
@@ -311,6 +311,12 @@ def test_memory_formula_matches_measured_peaks(L, C, V, B, T, dtype):
     estimate = preflight.estimate_peak_memory(config, B, T, 1, dtype).total
     # a slight over-estimate is the safe side for a check that refuses to start
     assert 0.95 * measured <= estimate <= 1.3 * measured, (measured, estimate)
+
+
+@pytest.mark.parametrize("smear", [False, True])
+def test_preflight_counts_every_parameter(smear):
+    config = GPTConfig(sequence_len=32, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, smear=smear)
+    assert sum(preflight.parameter_counts(config)) == GPT(config).num_params()
 
 
 def test_measure_peak_memory_counts_live_tensors():

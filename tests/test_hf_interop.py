@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -250,7 +250,7 @@ def test_export_then_import_gives_back_identical_tensors_and_tokenizer(trained_m
     checkpoint_dir = import_hf.main(["--model", out, "--to", "mid"])
     assert checkpoint_dir == str(fresh / "mid_checkpoints" / "d2")
     state, _, meta = load_checkpoint(checkpoint_dir, 0, "cpu")
-    assert meta["model_config"] == asdict(trained_model.config) and meta["step"] == 0
+    assert GPTConfig(**meta["model_config"]) == trained_model.config and meta["step"] == 0
     original = trained_model.state_dict()
     assert state.keys() == original.keys()
     assert all(torch.equal(state[k], original[k]) for k in original)
@@ -289,6 +289,14 @@ def _edited_copy(exported: str, tmp_path, edit_config=None, remove: str | None =
     if remove:
         (tmp_path / "edited" / remove).unlink()
     return folder
+
+
+def test_export_refuses_a_smear_model(trained_model, tiny_tokenizer, base_dir, tmp_path):
+    config = replace(trained_model.config, smear=True)
+    _save_sft_checkpoint(GPT(config), tiny_tokenizer, tag="smear")
+    message = _exit_message(export_hf.main, ["-i", "sft", "--model_tag", "smear", "--out", str(tmp_path / "export")])
+    assert "--smear" in message
+    assert not (tmp_path / "export").exists()  # refused before anything is written
 
 
 def test_import_refuses_another_architecture(exported, base_dir, tmp_path):
