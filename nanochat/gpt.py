@@ -35,8 +35,8 @@ class GPTConfig:
     n_head: int = 6  # query heads
     n_kv_head: int = 6  # key/value heads (GQA when fewer than n_head)
     n_embd: int = 768
-    # each token's embedding plus a gated share of the previous token's (not in nanochat, so off by
-    # default; see GPT.smear)
+    # each token's embedding plus a learned multiple of the previous token's (not in nanochat, so
+    # off by default; see GPT.smear)
     smear: bool = False
 
     def __post_init__(self) -> None:
@@ -269,7 +269,7 @@ class GPT(nn.Module):
             }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.smear_gate = nn.Linear(config.n_embd, 1, bias=False) if config.smear else None
+        self.smear_lambda = nn.Parameter(torch.ones(1)) if config.smear else None
         # the loss in chunks of rows, never the full logits (False: the plain expression, for benchmarks)
         self.chunked_loss = True
         # rotary tables cover 10x the training length so generation can run past it
@@ -298,8 +298,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
-        if self.smear_gate is not None:
-            nn.init.zeros_(self.smear_gate.weight)  # the gate starts half open for every token
+        if self.smear_lambda is not None:
+            nn.init.ones_(self.smear_lambda)
         head_dim = self.config.n_embd // self.config.n_head
         self.cos, self.sin = self._rotary_tables(self.rotary_seq_len, head_dim, device=self.lm_head.weight.device)
 
@@ -333,9 +333,8 @@ class GPT(nn.Module):
             {"params": [self.lm_head.weight], "lr": unembedding_lr * scale},
             {"params": [self.transformer.wte.weight], "lr": embedding_lr * scale},
         ]
-        if self.smear_gate is not None:
-            # one row read from every token's embedding, like the head's rows: the head's rate
-            adam_groups.append({"params": [self.smear_gate.weight], "lr": unembedding_lr * scale})
+        if self.smear_lambda is not None:
+            adam_groups.append({"params": [self.smear_lambda], "lr": unembedding_lr * scale})
         ddp = get_dist_info()[0]
         optimizers = [
             build_adamw(adam_groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=weight_decay, distributed=ddp),
@@ -354,7 +353,7 @@ class GPT(nn.Module):
         if t0 + T > self.max_context:
             raise ValueError(f"sequence of {t0 + T} tokens is longer than the rotary tables ({self.max_context})")
         x = self.transformer.wte(idx)
-        if self.smear_gate is not None:
+        if self.smear_lambda is not None:
             before = None if kv_cache is None or kv_cache.last_ids is None else self.transformer.wte(kv_cache.last_ids)
             x = self.smear(x, before)
         if kv_cache is not None:
@@ -382,15 +381,17 @@ class GPT(nn.Module):
 
     def smear(self, x: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
         """
-        Token embeddings x (B, T, C) plus a share, gated by each token, of the previous token's
-        embedding; before (B, 1, C) is the one before x[:, 0] (None at a sequence's start). A
-        word then carries what came just before it (the letter labelling a choice, the word
-        before this one) into the first layer's keys and values, which otherwise takes an
-        attention head learned for it: the first step of an induction or lookup circuit for free.
+        Token embeddings x (B, T, C) plus smear_lambda (one learned number, 1 at init) times the
+        previous token's embedding; before (B, 1, C) is the one before x[:, 0] (None at a
+        sequence's start). A word then carries the token before it (the letter labelling a
+        choice, the previous word) into the first layer's keys and values, which otherwise takes
+        an attention head learned for it: the first half of an induction or lookup circuit for
+        free. (A gate computed from each token instead of one number learned to close in our
+        drills, and the lookup was not learned.)
         """
         start = torch.zeros_like(x[:, :1]) if before is None else before.to(x.dtype)
         previous = torch.cat((start, x[:, :-1]), dim=1)
-        return x + torch.sigmoid(self.smear_gate(x)) * previous
+        return x + self.smear_lambda.to(x.dtype) * previous
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
                     masked: bool = False, matvec: bool = False, last_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -403,7 +404,7 @@ class GPT(nn.Module):
         last_ids (B, 1): each row's token before idx, which a smear model needs.
         """
         x = self.transformer.wte(idx)
-        if self.smear_gate is not None:
+        if self.smear_lambda is not None:
             if last_ids is None:
                 raise ValueError("a smear model's decode step needs last_ids, each row's previous token")
             x = self.smear(x, self.transformer.wte(last_ids))

@@ -76,7 +76,7 @@ def parameter_counts(config: GPTConfig) -> tuple[int, int]:
     C, V = config.n_embd, config.vocab_size
     kv = config.n_kv_head * (C // config.n_head)
     per_layer = C * C + 2 * C * kv + C * C + 8 * C * C  # q, k, v, proj, mlp fc + proj
-    smear = C if config.smear else 0  # the smear gate: one row, with AdamW
+    smear = 1 if config.smear else 0  # smear_lambda, with AdamW
     return 2 * V * C + smear, config.n_layer * per_layer
 
 

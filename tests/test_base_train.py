@@ -30,7 +30,7 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(synthetic_setup, smear):
     uninterrupted = _files(ckpt, 8)
     meta8 = json.loads((ckpt / "meta_000008.json").read_text())
     assert meta8["model_config"].get("smear", False) is smear  # written only when on (nanochat loads the rest)
-    assert ("smear_gate.weight" in uninterrupted["model_000008.pt"]) is smear
+    assert ("smear_lambda" in uninterrupted["model_000008.pt"]) is smear
     # what a run killed after its step-4 save leaves behind
     for name in ("model_000008.pt", "optim_000008_rank0.pt", "meta_000008.json"):
         os.remove(ckpt / name)

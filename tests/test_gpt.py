@@ -28,7 +28,7 @@ def test_state_dict_names_are_nanochats():
         expected |= {f"transformer.h.{i}.attn.{n}.weight" for n in ("c_q", "c_k", "c_v", "c_proj")}
         expected |= {f"transformer.h.{i}.mlp.{n}.weight" for n in ("c_fc", "c_proj")}
     assert set(model.state_dict()) == expected
-    assert set(make_model(n_layer=2, smear=True).state_dict()) == expected | {"smear_gate.weight"}
+    assert set(make_model(n_layer=2, smear=True).state_dict()) == expected | {"smear_lambda"}
 
 
 def test_depth_dial():
@@ -67,9 +67,9 @@ def _reference_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
 
     e = model.transformer.wte.weight[idx]
-    if cfg.smear:  # plus the gated embedding of the token before (none before the first)
+    if cfg.smear:  # plus a multiple of the embedding of the token before (none before the first)
         before = torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], dim=1)
-        e = e + torch.sigmoid(e @ model.smear_gate.weight.T) * before
+        e = e + model.smear_lambda * before
     x = rms(e)
     for block in model.transformer.h:
         a = block.attn
@@ -149,7 +149,7 @@ def test_smear_mixes_in_only_the_token_before():
     """Position 0 has no token before it (the model without smear); later positions depend on their predecessor, never on later tokens."""
     smeared = make_model(smear=True)
     plain = make_model()
-    plain.load_state_dict({k: v for k, v in smeared.state_dict().items() if k != "smear_gate.weight"})
+    plain.load_state_dict({k: v for k, v in smeared.state_dict().items() if k != "smear_lambda"})
     idx = torch.randint(0, 300, (2, 12))
     changed = idx.clone()
     changed[:, 6] = (changed[:, 6] + 1) % 300
