@@ -74,8 +74,8 @@ def test_adamw_update_matches_torch_adamw():
     torch.testing.assert_close(a.detach(), b, atol=1e-7, rtol=0)
 
 
-def _train(micro_batches: int) -> dict[str, torch.Tensor]:
-    model = make_tiny_model()
+def _train(micro_batches: int, smear: bool = False) -> dict[str, torch.Tensor]:
+    model = make_tiny_model(smear=smear)
     optimizers = model.setup_optimizers()
     rows = GLOBAL_BATCH // micro_batches
     batches = ((x[i : i + rows], y[i : i + rows]) for x, y in make_batches() for i in range(0, GLOBAL_BATCH, rows))
@@ -103,9 +103,9 @@ def test_two_process_distributed_optimizers_equal_one_process(tmp_path):
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     dist_result = torch.load(out)
-    single = _train(micro_batches=1)
+    single = _train(micro_batches=1, smear=True)
     for name, value in dist_result["params"].items():
         torch.testing.assert_close(value, single[name], atol=2e-6, rtol=1e-5, msg=name)
     # rank 0 holds half (rounded up) of the AdamW moments and only its share of Muon's matrices
-    assert dist_result["adam_state_numel"] == sum((n + 1) // 2 for n in (301 * 64, 301 * 64))
+    assert dist_result["adam_state_numel"] == sum((n + 1) // 2 for n in (301 * 64, 301 * 64, 1))  # head, embedding, smear
     assert dist_result["muon_owned"] == 4  # of 6 matrices: 2 of the pair-shaped c_q/c_proj, c_k/c_v, plus c_fc and mlp.c_proj

@@ -20,11 +20,11 @@ STEPS = 3
 
 
 def tiny_gpt(vocab_size: int, sequence_len: int = 64, n_layer: int = 1, n_head: int = 1, n_kv_head: int = 1,
-             n_embd: int = 64, jitter: float = 0.0, seed: int = 0) -> GPT:
+             n_embd: int = 64, jitter: float = 0.0, seed: int = 0, smear: bool = False) -> GPT:
     """A small GPT initialized from `seed`, then every parameter moved by Gaussian noise of scale `jitter`."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                          n_kv_head=n_kv_head, n_embd=n_embd))
+                          n_kv_head=n_kv_head, n_embd=n_embd, smear=smear))
     model.init_weights()
     if jitter:
         with torch.no_grad():
@@ -41,9 +41,9 @@ def save_stage_checkpoint(model: GPT, source: str, step: int, model_tag: str = "
                     {"model_config": vars(model.config), "step": step})
 
 
-def make_tiny_model(seed: int = 0) -> GPT:
+def make_tiny_model(seed: int = 0, smear: bool = False) -> GPT:
     # jitter leaves no zero-initialized matrix, so every parameter gets a real gradient
-    return tiny_gpt(VOCAB, SEQ_LEN, n_head=4, n_kv_head=2, jitter=0.02, seed=seed)
+    return tiny_gpt(VOCAB, SEQ_LEN, n_head=4, n_kv_head=2, jitter=0.02, seed=seed, smear=smear)
 
 
 def make_batches(seed: int = 1, steps: int = STEPS, rows: int = GLOBAL_BATCH):

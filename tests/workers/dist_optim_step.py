@@ -19,7 +19,7 @@ from tiny import GLOBAL_BATCH, STEPS, make_batches, make_tiny_model  # noqa: E40
 
 def main(out_path: str) -> None:
     _, rank, _, world_size, _ = compute_init("cpu")
-    model = make_tiny_model()
+    model = make_tiny_model(smear=True)  # smear_lambda: a one-number parameter the sharded AdamW pads
     optimizers = model.setup_optimizers()
     assert isinstance(optimizers[0], DistAdamW) and isinstance(optimizers[1], DistMuon)
     rows = GLOBAL_BATCH // world_size
