@@ -292,8 +292,9 @@ class Engine:
             first_logits.append(model(ids, kv_cache=prefill_cache)[:, -1, :].expand(n, -1))
             cache.cache[:, :, row : row + n, :, : len(prompt)] = prefill_cache.cache[:, :, :, :, : len(prompt)]
             row += n
-        cache.last_ids = torch.tensor([p[-1] for p, n in zip(prompts, num_samples) for _ in range(n)], device=device)[:, None]
-        pos = torch.tensor([len(p) for p, n in zip(prompts, num_samples) for _ in range(n)], device=device)
+        row_prompts = [p for p, n in zip(prompts, num_samples) for _ in range(n)]
+        cache.last_ids = torch.tensor([p[-1] for p in row_prompts], device=device)[:, None]
+        pos = torch.tensor([len(p) for p in row_prompts], device=device)
         positions = torch.arange(cache.cache.size(4), device=device)
         self.decode_path = "eager (prompts of different lengths: a position per row)"
 

@@ -389,9 +389,9 @@ class GPT(nn.Module):
         free. (A gate computed from each token instead of one number learned to close in our
         drills, and the lookup was not learned.)
         """
-        start = torch.zeros_like(x[:, :1]) if before is None else before.to(x.dtype)
+        start = torch.zeros_like(x[:, :1]) if before is None else before
         previous = torch.cat((start, x[:, :-1]), dim=1)
-        return x + self.smear_lambda.to(x.dtype) * previous
+        return x + self.smear_lambda * previous
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, window: torch.Tensor, cache: torch.Tensor,
                     masked: bool = False, matvec: bool = False, last_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -76,8 +76,7 @@ def parameter_counts(config: GPTConfig) -> tuple[int, int]:
     C, V = config.n_embd, config.vocab_size
     kv = config.n_kv_head * (C // config.n_head)
     per_layer = C * C + 2 * C * kv + C * C + 8 * C * C  # q, k, v, proj, mlp fc + proj
-    smear = 1 if config.smear else 0  # smear_lambda, with AdamW
-    return 2 * V * C + smear, config.n_layer * per_layer
+    return 2 * V * C + int(config.smear), config.n_layer * per_layer  # smear_lambda: one number, with AdamW
 
 
 def estimate_peak_memory(config: GPTConfig, device_batch_size: int, seq_len: int, world_size: int = 1,
